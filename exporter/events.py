@@ -1,0 +1,78 @@
+"""RunEvent: the one canonical event built from a Duvo run record, keyed by run_id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from exporter import timestamps
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "stopped", "interrupted"})
+KNOWN_OPEN_STATUSES = frozenset({"pending", "starting", "running", "waiting"})
+
+EVENT_FINISHED = "run.finished"  # the Job reached a terminal status
+EVENT_WAITING = "run.waiting"  # the Job paused for human input (emit: transitions)
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    event_id: str  # "<run_id>:<status>": the same outcome always has the same id
+    event: str
+    run_id: str
+    team_id: str
+    agent_id: str | None
+    status: str
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    duration_seconds: float | None
+    pending_human_request: Any
+    run: dict[str, Any]  # the untouched source record
+    exported_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "event": self.event,
+            "run_id": self.run_id,
+            "team_id": self.team_id,
+            "agent_id": self.agent_id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "duration_seconds": self.duration_seconds,
+            "pending_human_request": self.pending_human_request,
+            "run": self.run,
+            "exported_at": self.exported_at,
+        }
+
+
+def duration_seconds(started_at: datetime | None, completed_at: datetime | None) -> float | None:
+    if started_at is None or completed_at is None:
+        return None
+    return round((completed_at - started_at).total_seconds(), 3)
+
+
+def build(run: dict[str, Any], team_id: str, event: str, exported_at: datetime) -> RunEvent:
+    run_id = str(run["id"])
+    status = str(run.get("status"))
+    started = timestamps.parse(run.get("started_at"))
+    completed = timestamps.parse(run.get("completed_at"))
+    agent_id = run.get("agent_id")
+    return RunEvent(
+        event_id=f"{run_id}:{status}",
+        event=event,
+        run_id=run_id,
+        team_id=str(run.get("team_id") or team_id),
+        agent_id=str(agent_id) if agent_id is not None else None,
+        status=status,
+        created_at=timestamps.normalize(run.get("created_at")),
+        started_at=timestamps.format_utc(started) if started else None,
+        completed_at=timestamps.format_utc(completed) if completed else None,
+        duration_seconds=duration_seconds(started, completed),
+        pending_human_request=run.get("pending_human_request"),
+        run=run,
+        exported_at=timestamps.format_utc(exported_at),
+    )

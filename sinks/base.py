@@ -1,0 +1,85 @@
+"""The one interface every backend implements: send a batch of events, say what became of it.
+
+A sink never sees the pipeline's state (outbox sequence numbers, cursors, checkpoints): it is
+handed a batch of events as plain JSON-ready mappings and answers with a `SendResult`. Retrying
+later, dead-lettering and advancing the delivery cursor are the pipeline's job, driven by that
+answer. Encoding stays inside the sink because only the sink knows its backend's wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# A RunEvent as a JSON-ready mapping (field list: README "Event fields"). Per-sink field
+# include/exclude/rename is applied before a sink sees it, so sinks read fields with .get().
+Event = Mapping[str, Any]
+
+
+class SinkError(Exception):
+    """A one-line, secret-free reason a sink cannot be built or is unhealthy."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An event the backend refused permanently; resending it unchanged cannot succeed."""
+
+    index: int  # position in the batch given to Sink.send
+    reason: str  # the backend's own words, one line, no secrets
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What became of a batch.
+
+    Events ``[0, done)`` are finished: delivered, except those listed in ``rejected`` (which
+    the pipeline dead-letters). Events ``[done, len(batch))`` were not stored by the backend
+    as far as the sink can tell and must be sent again; ``error`` says why, ``retry_after`` is
+    the backend's hint in seconds. ``fatal`` means the sink cannot go on (bad credentials,
+    forbidden index): the pipeline stops that sink and keeps its backlog.
+    """
+
+    done: int
+    rejected: tuple[Rejection, ...] = ()
+    error: str | None = None
+    retry_after: float | None = None
+    fatal: bool = False
+
+    @classmethod
+    def ok(cls, count: int, rejected: Sequence[Rejection] = ()) -> SendResult:
+        return cls(done=count, rejected=tuple(rejected))
+
+    @classmethod
+    def retry(
+        cls,
+        error: str,
+        *,
+        done: int = 0,
+        rejected: Sequence[Rejection] = (),
+        after: float | None = None,
+    ) -> SendResult:
+        return cls(done=done, rejected=tuple(rejected), error=error, retry_after=after)
+
+    @classmethod
+    def stop(cls, error: str, *, done: int = 0, rejected: Sequence[Rejection] = ()) -> SendResult:
+        return cls(done=done, rejected=tuple(rejected), error=error, fatal=True)
+
+
+class Sink(Protocol):
+    """A backend. Built from its validated settings; used from one thread at a time."""
+
+    name: str
+
+    def send(self, events: Sequence[Event]) -> SendResult:
+        """Encode and deliver ``events`` (already sized by the pipeline to the sink's batch
+        limits). Never raises for backend or network trouble: classify it in the result."""
+        ...
+
+    def healthcheck(self) -> None:
+        """Check the backend is reachable and the credentials work; raise SinkError if not."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
