@@ -1,0 +1,62 @@
+"""TokenBucket: a thread-safe rate limiter for requests/minute (Duvo) or bytes/second (Loki)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class TokenBucket:
+    """``rate`` tokens per second, holding at most ``burst``. ``acquire`` blocks until granted.
+
+    A small burst keeps the spend smooth: a full minute's burst would let a restarted process
+    spend a whole minute's budget at once and collide with other users of the same key.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._clock = clock
+        self._sleep = sleep
+        self._updated = clock()
+        self._blocked_until = 0.0
+        self._lock = threading.Lock()
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+    def reserve(self, tokens: float = 1.0) -> float:
+        """Take ``tokens`` now (possibly going into debt) and return how long to wait before use."""
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            self._tokens -= tokens
+            wait = max(0.0, -self._tokens / self.rate, self._blocked_until - now)
+        return wait
+
+    def acquire(self, tokens: float = 1.0) -> float:
+        """Block until ``tokens`` are available; returns the seconds waited."""
+        wait = self.reserve(tokens)
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def pause(self, seconds: float) -> None:
+        """Grant nothing for ``seconds`` (a server's Retry-After) and drop the saved burst."""
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            self._blocked_until = max(self._blocked_until, now + seconds)
+            self._tokens = min(self._tokens, 0.0)
