@@ -29,13 +29,13 @@ class TokenBucket:
         self._tokens = burst
         self._clock = clock
         self._sleep = sleep
-        self._updated = clock()
-        self._blocked_until = 0.0
+        self._updated = clock()  # may lie in the future while paused
         self._lock = threading.Lock()
 
     def _refill(self, now: float) -> None:
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
+        if now > self._updated:
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
 
     def reserve(self, tokens: float = 1.0) -> float:
         """Take ``tokens`` now (possibly going into debt) and return how long to wait before use."""
@@ -43,7 +43,7 @@ class TokenBucket:
             now = self._clock()
             self._refill(now)
             self._tokens -= tokens
-            wait = max(0.0, -self._tokens / self.rate, self._blocked_until - now)
+            wait = max(0.0, self._updated - now) + max(0.0, -self._tokens / self.rate)
         return wait
 
     def acquire(self, tokens: float = 1.0) -> float:
@@ -58,5 +58,5 @@ class TokenBucket:
         with self._lock:
             now = self._clock()
             self._refill(now)
-            self._blocked_until = max(self._blocked_until, now + seconds)
-            self._tokens = min(self._tokens, 0.0)
+            self._updated = max(self._updated, now + seconds)
+            self._tokens = min(self._tokens, 1.0)
