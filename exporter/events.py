@@ -55,14 +55,16 @@ def duration_seconds(started_at: datetime | None, completed_at: datetime | None)
     return round((completed_at - started_at).total_seconds(), 3)
 
 
-def build(run: dict[str, Any], team_id: str, event: str, exported_at: datetime) -> RunEvent:
+def build(
+    run: dict[str, Any], team_id: str, event: str, exported_at: datetime, event_id: str | None = None
+) -> RunEvent:
     run_id = str(run["id"])
     status = str(run.get("status"))
     started = timestamps.parse(run.get("started_at"))
     completed = timestamps.parse(run.get("completed_at"))
     agent_id = run.get("agent_id")
     return RunEvent(
-        event_id=f"{run_id}:{status}",
+        event_id=event_id or f"{run_id}:{status}",
         event=event,
         run_id=run_id,
         team_id=str(run.get("team_id") or team_id),

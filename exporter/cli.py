@@ -1,0 +1,331 @@
+"""The `duvo-exporter` command line: run, once, check, status, replay, demo, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from exporter import __version__, exitcodes
+from exporter.config import Config, ConfigError, load_config
+from exporter.logsetup import configure_logging, redact, register_secret
+from exporter.state import StateError
+
+log = structlog.get_logger("exporter.cli")
+
+DEFAULT_CONFIG = "config/exporter.yaml"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("DUVO_EXPORTER_CONFIG") or DEFAULT_CONFIG
+    config = load_config(path)
+    for secret in config.secrets():
+        register_secret(secret)
+    for warning in config.warnings:
+        log.warning(warning)
+    return config
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from exporter.pipeline import Exporter
+    from exporter.scheduler import install_stop_handlers, run_daemon
+
+    config = _load(args)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    exporter = Exporter(config)
+    try:
+        return run_daemon(exporter, config.schedule, stop)
+    finally:
+        exporter.close()
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from exporter.duvo_client import DuvoAuthError, DuvoError
+    from exporter.pipeline import Exporter
+    from exporter.scheduler import install_stop_handlers
+
+    config = _load(args)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    exporter = Exporter(config)
+    code = exitcodes.OK
+    try:
+        try:
+            exporter.extract(stop)
+        except DuvoAuthError as exc:
+            _error(str(exc))
+            code = exitcodes.DUVO_AUTH
+        except DuvoError as exc:
+            _error(f"pass incomplete, committed pages are kept: {exc}")
+            code = exitcodes.DUVO_UNAVAILABLE
+        # Deliver whatever is in the outbox even if extraction failed part-way.
+        outcomes = exporter.drain(stop)
+        failed = {name: outcome for name, outcome in outcomes.items() if outcome not in ("drained", "interrupted")}
+        if failed and code == exitcodes.OK:
+            _error(
+                "sinks left a backlog (kept for the next run): " + ", ".join(f"{n} ({o})" for n, o in failed.items())
+            )
+            code = exitcodes.SINK
+        return code
+    finally:
+        exporter.close()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"config OK: {len(config.sinks)} sink(s), teams {', '.join(config.duvo.team_ids)}")
+    if not args.connect:
+        return exitcodes.OK
+    from exporter.duvo_client import DuvoError
+    from exporter.pipeline import build_client
+    from sinks.base import SinkError
+    from sinks.registry import build_sink
+
+    code = exitcodes.OK
+    client = build_client(config)
+    try:
+        for team in config.duvo.team_ids:
+            try:
+                page = client.list_runs(team, limit=1)
+                print(f"duvo: OK (team {team}: {page.total if page.total is not None else '?'} jobs)")
+            except DuvoError as exc:
+                print(f"duvo: FAILED (team {team}): {redact(str(exc))}")
+                code = exitcodes.DUVO_AUTH if getattr(exc, "status", None) in (401, 403) else exitcodes.DUVO_UNAVAILABLE
+    finally:
+        client.close()
+    for settings in config.sinks:
+        try:
+            sink = build_sink(settings)
+            try:
+                sink.healthcheck()
+            finally:
+                sink.close()
+            print(f"sink {settings.name} ({settings.type}): OK")  # type: ignore[attr-defined]
+        except (SinkError, OSError) as exc:
+            print(f"sink {settings.name} ({settings.type}): FAILED: {redact(str(exc))}")  # type: ignore[attr-defined]
+            code = code or exitcodes.SINK
+    return code
+
+
+def status_data(config: Config) -> dict[str, Any]:
+    from exporter.state import StateStore
+
+    with StateStore(config.state.path, create=False) as store:
+        low, high = store.outbox_bounds()
+        configured = {s.name: s for s in config.sinks}
+        dead = store.dead_letter_counts()
+        sinks = []
+        for cursor in store.cursors():
+            sinks.append(
+                {
+                    "name": cursor.sink,
+                    "type": getattr(configured.get(cursor.sink), "type", None),
+                    "configured": cursor.sink in configured,
+                    "cursor": cursor.seq,
+                    "backlog": store.backlog(cursor.seq),
+                    "delivered": cursor.delivered,
+                    "dead_letters": dead.get(cursor.sink, 0),
+                    "filtered": cursor.filtered,
+                    "last_success_at": _iso(cursor.last_success_at),
+                    "last_error": redact(cursor.last_error) if cursor.last_error else None,
+                    "last_error_at": _iso(cursor.last_error_at),
+                    "stopped": redact(cursor.stopped_reason) if cursor.stopped_reason else None,
+                }
+            )
+        return {
+            "state_path": config.state.path,
+            "checkpoints": store.checkpoints(),
+            "open_jobs": store.open_run_stats(),
+            "outbox": {"events": store.outbox_size(), "first_seq": low, "last_seq": high},
+            "sinks": sinks,
+        }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    data = status_data(config)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return exitcodes.OK
+    print(f"state: {data['state_path']}")
+    for team, checkpoint in data["checkpoints"].items():
+        print(f"checkpoint: team {team}: Jobs created up to {checkpoint} read")
+    open_jobs = data["open_jobs"]
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(open_jobs["by_status"].items())) or "none"
+    print(f"open jobs: {open_jobs['open']} ({by_status}); oldest created {open_jobs['oldest_created_at'] or '-'}")
+    print(f"outbox: {data['outbox']['events']} event(s) held")
+    print(f"{'sink':<16} {'backlog':>8} {'delivered':>10} {'dead':>6}  last error")
+    for sink in data["sinks"]:
+        note = (sink["stopped"] and f"STOPPED: {sink['stopped']}") or sink["last_error"] or "-"
+        if not sink["configured"]:
+            note = "(no longer configured) " + note
+        print(f"{sink['name']:<16} {sink['backlog']:>8} {sink['delivered']:>10} {sink['dead_letters']:>6}  {note}")
+    return exitcodes.OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if not args.dead_letters:
+        raise UsageError("replay needs --dead-letters (the only thing it replays today)")
+    from exporter.delivery import replay_dead_letters
+    from exporter.state import StateStore
+    from sinks.registry import build_sink
+
+    config = _load(args)
+    targets = [s for s in config.sinks if args.sink in (None, s.name)]
+    if args.sink and not targets:
+        raise UsageError(f"no sink named {args.sink!r} in the config")
+    code = exitcodes.OK
+    with StateStore(config.state.path, create=False) as store:
+        for settings in targets:
+            if not store.dead_letters(settings.name):
+                continue
+            sink = build_sink(settings)
+            try:
+                delivered, still, error = replay_dead_letters(sink, settings, store)
+            finally:
+                sink.close()
+            print(
+                f"sink {settings.name}: {delivered} delivered, {still} rejected again"
+                + (f", stopped: {error}" if error else "")
+            )
+            if still or error:
+                code = exitcodes.SINK
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from exporter.simulator import SimulatorOptions, serve_forever
+
+    options = SimulatorOptions(
+        seed=args.seed,
+        jobs_per_second=args.jobs_per_second,
+        late_fraction=args.late_fraction,
+        time_scale=args.time_scale,
+        backfill=args.backfill,
+        requests_per_minute=args.requests_per_minute or None,
+    )
+    print(f"Duvo API simulator on http://127.0.0.1:{args.port}/v2 (API key dv_sim_key, team team-sim)", flush=True)
+    serve_forever(options, "127.0.0.1", args.port)
+    return exitcodes.OK
+
+
+# ---- parsing -----------------------------------------------------------------------------------
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    from datetime import UTC, datetime
+
+    from exporter import timestamps
+
+    return timestamps.format_utc(datetime.fromtimestamp(epoch, tz=UTC))
+
+
+def _error(message: str) -> None:
+    print(f"duvo-exporter: error: {redact(message)}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        "-c",
+        metavar="PATH",
+        help=f"YAML config file (default: $DUVO_EXPORTER_CONFIG, else {DEFAULT_CONFIG})",
+    )
+    common.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    parser = argparse.ArgumentParser(
+        prog="duvo-exporter",
+        description="Export Duvo Jobs to Datadog Logs, Splunk HEC, Grafana Loki and files, durably.",
+        epilog=exitcodes.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"duvo-exporter {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=exitcodes.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("run", cmd_run, "run the daemon: a pass at start and then on schedule; sinks deliver continuously")
+    add("once", cmd_once, "one pass, deliver the backlog to every sink, exit (for cron and Kubernetes CronJobs)")
+    check = add("check", cmd_check, "validate the configuration; with --connect also try the Duvo key and every sink")
+    check.add_argument("--connect", action="store_true", help="also contact the Duvo API and every sink")
+    status = add("status", cmd_status, "show checkpoints, open Jobs, backlog and last error per sink")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    replay = add("replay", cmd_replay, "send dead-lettered events again (after fixing what the backend rejected)")
+    replay.add_argument("--dead-letters", action="store_true", help="replay the dead letters")
+    replay.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")
+    demo = add("demo", cmd_demo, "run the exporter against the embedded Duvo simulator (no credentials needed)")
+    demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long to run (default 20)")
+    demo.add_argument("--output", metavar="PATH", help="where the file sink writes (default: the demo config's)")
+    sim = add("simulate", cmd_simulate, "serve the Duvo API simulator alone on 127.0.0.1")
+    sim.add_argument("--port", type=int, default=8787, help="default 8787")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--jobs-per-second", type=float, default=2.0)
+    sim.add_argument("--late-fraction", type=float, default=0.3, help="share of Jobs that finish much later")
+    sim.add_argument(
+        "--time-scale", type=float, default=60.0, help="simulated seconds per real second for Job lifecycles"
+    )
+    sim.add_argument("--backfill", type=int, default=500, help="Jobs created before the simulator started")
+    sim.add_argument("--requests-per-minute", type=int, default=300, help="per-key rate limit (0 = none)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _error(problem)
+        return exitcodes.CONFIG
+    except UsageError as exc:
+        _error(str(exc))
+        return exitcodes.CONFIG
+    except StateError as exc:
+        _error(str(exc))
+        return exitcodes.STATE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: one line, no traceback unless asked
+        log.exception("internal error") if args.log_level == "debug" else None
+        _error(f"internal error: {type(exc).__name__}: {exc}")
+        return exitcodes.INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""Configuration: YAML with ${VAR} / ${VAR:-default} interpolation, validated into typed settings.
+
+Every problem becomes a `ConfigError` whose message is one line per problem, each naming the YAML
+path (``sinks[0].path: field required``); the CLI prints them and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from exporter import timestamps
+from exporter.durations import parse_duration
+from sinks import registry
+from sinks.settings import SinkSettings, StrictModel, TLSSettings
+
+DUVO_KEY_RATE_LIMIT = 300  # requests per minute per API key, Duvo's documented limit
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class DuvoSettings(StrictModel):
+    base_url: str = "https://api.duvo.ai/v2"
+    api_key: SecretStr
+    team_id: str | None = None
+    teams: list[str] | None = None
+    # This process's share of the key's 300/min; other users of the key need the rest.
+    requests_per_minute: float = Field(default=240, gt=0)
+    start_from: str = "24h"
+    page_size: int = Field(default=100, ge=1, le=100)
+    connect_timeout: float = Field(default=5.0, gt=0, le=120)
+    read_timeout: float = Field(default=30.0, gt=0, le=600)
+    max_attempts: int = Field(default=6, ge=1, le=50)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("start_from")
+    @classmethod
+    def _start_from(cls, value: str) -> str:
+        start_moment(value, timestamps.now())  # raises ValueError with a readable message
+        return value
+
+    @model_validator(mode="after")
+    def _one_team_source(self) -> DuvoSettings:
+        if self.team_id and self.teams:
+            raise ValueError("set team_id or teams, not both")
+        if not self.team_id and not self.teams:
+            raise ValueError("team_id (or teams) is required")
+        if self.teams is not None and len(set(self.teams)) != len(self.teams):
+            raise ValueError("teams has duplicates")
+        return self
+
+    @property
+    def team_ids(self) -> list[str]:
+        return list(self.teams) if self.teams else [self.team_id or ""]
+
+
+class ScheduleSettings(StrictModel):
+    every: str | None = None
+    cron: str | None = None
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(f"not a valid crontab expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleSettings:
+        if self.every and self.cron:
+            raise ValueError("set every or cron, not both")
+        if not self.every and not self.cron:
+            self.every = "5m"
+        return self
+
+    @property
+    def interval_seconds(self) -> float | None:
+        return parse_duration(self.every) if self.every else None
+
+
+class StateSettings(StrictModel):
+    path: str = "./var/state.db"
+    # Past this many undelivered events extraction pauses (logged) until sinks catch up:
+    # nothing is dropped, the checkpoint simply stops advancing.
+    max_outbox_events: int = Field(default=1_000_000, ge=100)
+    # full: every commit survives a power cut; normal: survives a process crash (kill -9).
+    synchronous: Literal["full", "normal"] = "full"
+    # How long already-exported Jobs are remembered past the re-listing horizon, so a Job
+    # listed again (clock skew, a `since` that filters on another time) is not exported twice.
+    seen_retention: str = "24h"
+
+    @field_validator("seen_retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class RecheckSettings(StrictModel):
+    """When open Jobs are looked at again: after age x factor, clamped to [min, max]."""
+
+    min_interval: str = "0s"
+    max_interval: str = "1h"
+    age_factor: float = Field(default=0.25, ge=0, le=10)
+
+    @field_validator("min_interval", "max_interval")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class ExtractSettings(StrictModel):
+    emit: Literal["terminal", "transitions"] = "terminal"
+    # Re-read this much before the checkpoint: `since` may be exclusive or second-precise.
+    overlap: str = "1s"
+    # Cap on Duvo requests per pass (None = only the rate limit bounds it). New Jobs are read
+    # first; open-Job re-checks that do not fit wait for the next pass.
+    max_requests_per_pass: int | None = Field(default=None, ge=1)
+    recheck: RecheckSettings = Field(default_factory=RecheckSettings)
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap(cls, value: str) -> str:
+        if parse_duration(value) < 1:
+            raise ValueError("must be at least 1s (the API's `since` may have second precision)")
+        return value
+
+
+class Config(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    duvo: DuvoSettings
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    extract: ExtractSettings = Field(default_factory=ExtractSettings)
+    sinks: list[SinkSettings]
+    warnings: list[str] = Field(default_factory=list, exclude=True)
+
+    def secrets(self) -> Iterator[str]:
+        """Every secret value in the configuration, for log redaction."""
+        yield from _secrets(self)
+
+
+def _secrets(model: BaseModel) -> Iterator[str]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        yield from _secret_values(value)
+
+
+def _secret_values(value: Any) -> Iterator[str]:
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, BaseModel):
+        yield from _secrets(value)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _secret_values(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_values(item)
+
+
+def start_moment(start_from: str, now: datetime) -> datetime | None:
+    """When a first run starts reading: None for "beginning", else a UTC moment."""
+    text = start_from.strip()
+    if text.lower() == "beginning":
+        return None
+    moment = timestamps.parse(text)
+    if moment is not None:
+        return moment
+    try:
+        return now - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        raise ValueError(f"{start_from!r} is not a duration (30d, 6h), an ISO-8601 time or 'beginning'") from None
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
+
+
+def interpolate(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; ``$$`` is a literal ``$``."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(1) == "$":
+                return "$"
+            name, default = match.group(2), match.group(3)
+            if name in env and env[name] != "":
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return ""
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, _join(path, str(k)), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text = _join(text, str(part))
+    return text or "<root>"
+
+
+_MESSAGES = {
+    "missing": "field required",
+    "extra_forbidden": "unknown key (check the spelling; see config/exporter.example.yaml)",
+}
+
+
+def _format_errors(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = prefix + tuple(p for p in item["loc"] if not str(p).startswith("function-"))
+        message = _MESSAGES.get(item["type"]) or item["msg"]
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        message = message[:1].lower() + message[1:]
+        if item["type"] not in _MESSAGES and "input" in item and not _looks_secret(loc):
+            shown = repr(item["input"])
+            if len(shown) <= 60 and not isinstance(item["input"], dict | list) and shown not in message:
+                message += f" (got {shown})"
+        problems.append(f"{_format_location(loc)}: {message}")
+    return problems
+
+
+def _looks_secret(loc: tuple[Any, ...]) -> bool:
+    return any(word in str(part).lower() for part in loc for word in ("key", "token", "password", "secret"))
+
+
+def _validate_sinks(raw: Any, problems: list[str]) -> list[SinkSettings]:
+    if raw is None:
+        problems.append("sinks: field required (at least one sink)")
+        return []
+    if not isinstance(raw, list) or not raw:
+        problems.append("sinks: must be a non-empty list of sinks")
+        return []
+    sinks: list[SinkSettings] = []
+    known = ", ".join(registry.SINK_TYPES)
+    for index, entry in enumerate(raw):
+        where = f"sinks[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: must be a mapping with a type")
+            continue
+        kind = entry.get("type")
+        if kind is None:
+            problems.append(f"{where}.type: field required (one of {known})")
+            continue
+        if kind not in registry.SINK_TYPES:
+            problems.append(f"{where}.type: unknown sink type {kind!r} (one of {known})")
+            continue
+        try:
+            model = registry.settings_model(kind)
+        except ImportError as exc:
+            problems.append(f"{where}.type: sink type {kind!r} is not available: {exc}")
+            continue
+        try:
+            sinks.append(model.model_validate(entry))
+        except ValidationError as exc:
+            problems.extend(_format_errors(exc, ("sinks", index)))
+    names = [s.name for s in sinks]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"sinks: name {name!r} is used by more than one sink")
+    return sinks
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "<config>") -> Config:
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
+    if raw is None:
+        raise ConfigError([f"{source}: the file is empty"])
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping (duvo:, sinks:, ...)"])
+    problems: list[str] = []
+    raw = interpolate(raw, env, "", problems)
+    sinks = _validate_sinks(raw.get("sinks"), problems)
+    try:
+        config = Config.model_validate({**raw, "sinks": []})
+    except ValidationError as exc:
+        problems.extend(p for p in _format_errors(exc) if not p.startswith("sinks"))
+        config = None
+    if problems or config is None:
+        # An unset variable explains any other complaint about the same key.
+        unset = {p.split(": ", 1)[0] for p in problems if "environment variable" in p}
+        raise ConfigError([p for p in problems if "environment variable" in p or p.split(": ", 1)[0] not in unset])
+    config.sinks = sinks
+    if config.duvo.requests_per_minute > DUVO_KEY_RATE_LIMIT:
+        config.warnings.append(
+            f"duvo.requests_per_minute is {config.duvo.requests_per_minute:g}, above Duvo's limit of "
+            f"{DUVO_KEY_RATE_LIMIT}/min per key: expect 429s unless your plan or simulator allows more"
+        )
+    for sink in sinks:
+        if sink.tls.insecure_skip_verify:
+            config.warnings.append(f"sinks[{sink.name}]: TLS certificate verification is OFF")
+    if config.duvo.tls.insecure_skip_verify:
+        config.warnings.append("duvo: TLS certificate verification is OFF")
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read config file: {getattr(exc, 'strerror', None) or exc}"]) from None
+    return parse_config(text, env, str(path))

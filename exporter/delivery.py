@@ -1,0 +1,250 @@
+"""SinkWorker: moves one sink's events from the outbox to its backend, in order, and never loses one.
+
+The cursor advances only past events the backend accepted or permanently rejected (those become
+dead letters, in the same transaction). Anything else is retried with bounded exponential backoff
+and jitter, honouring the backend's Retry-After; a sink that is down never blocks extraction or
+the other sinks (each worker has its own thread and its own database connection).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from exporter.shaping import EventShaper
+from exporter.state import OutboxEvent, StateStore
+from sinks.base import SendResult, Sink
+from sinks.settings import SinkSettings
+
+log = structlog.get_logger(__name__)
+
+PRUNE_EVERY_BATCHES = 20
+
+
+@dataclass
+class SinkCounters:
+    """In-memory counters for `status` and metrics; the durable totals live in sink_cursors."""
+
+    batches: int = 0
+    delivered: int = 0
+    rejected: int = 0
+    filtered: int = 0
+    retries: int = 0
+    last_error: str | None = None
+
+
+class SinkStopped(Exception):
+    """The sink reported a fatal problem (credentials, configuration); its backlog is kept."""
+
+
+class SinkWorker:
+    def __init__(
+        self,
+        sink: Sink,
+        settings: SinkSettings,
+        store: StateStore,
+        active_sinks: Sequence[str],
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.name = settings.name
+        self.settings = settings
+        self.store = store
+        self.active_sinks = list(active_sinks)
+        self.shaper = EventShaper(settings.filter, settings.fields)
+        self.counters = SinkCounters()
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.stopped_reason: str | None = None
+        self._batches_since_prune = 0
+
+    # ---- one batch ---------------------------------------------------------------------------
+
+    def deliver_batch(self) -> tuple[int, SendResult | None]:
+        """Send the next batch. Returns (events finished, the sink's result or None when the
+        outbox had nothing for this sink or everything was filtered out)."""
+        cursor = self.store.cursor(self.name).seq
+        batch = self.store.read_outbox(cursor, self.settings.batch.max_events, self.settings.batch.max_bytes)
+        if not batch:
+            return 0, None
+        kept: list[tuple[OutboxEvent, dict[str, Any]]] = []
+        for item in batch:
+            event = json.loads(item.body)
+            if self.shaper.accepts(event):
+                kept.append((item, self.shaper.shape(event)))
+        if not kept:
+            self._advance(batch[-1].seq, delivered=0, filtered=len(batch))
+            return len(batch), None
+        result = self.sink.send([event for _, event in kept])
+        done = max(0, min(result.done, len(kept)))
+        # Everything up to (not including) the first unfinished kept event is finished,
+        # filtered events in between included.
+        limit_seq = kept[done][0].seq if done < len(kept) else None
+        finished = [item for item in batch if limit_seq is None or item.seq < limit_seq]
+        dead = [(kept[r.index][0], r.reason) for r in result.rejected if r.index < done]
+        if finished:
+            kept_done = {item.seq for item, _ in kept[:done]}
+            filtered = sum(1 for item in finished if item.seq not in kept_done)
+            self._advance(
+                finished[-1].seq,
+                delivered=done - len(dead),
+                filtered=filtered,
+                dead=dead,
+                error=result.error,
+            )
+        for event, reason in dead:
+            log.warning(
+                "backend rejected event permanently; dead-lettered", sink=self.name, run_id=event.run_id, reason=reason
+            )
+        if result.error:
+            self.counters.last_error = result.error
+            if not finished:
+                self.store.record_sink_error(self.name, result.error, stopped=result.fatal)
+            elif result.fatal:
+                self.store.record_sink_error(self.name, result.error, stopped=True)
+        return len(finished), result
+
+    def _advance(
+        self,
+        to_seq: int,
+        *,
+        delivered: int,
+        filtered: int,
+        dead: Sequence[tuple[OutboxEvent, str]] = (),
+        error: str | None = None,
+    ) -> None:
+        self.store.advance_cursor(self.name, to_seq, delivered=delivered, filtered=filtered, dead=dead, error=error)
+        self.counters.batches += 1
+        self.counters.delivered += delivered
+        self.counters.filtered += filtered
+        self.counters.rejected += len(dead)
+        self._batches_since_prune += 1
+        if self._batches_since_prune >= PRUNE_EVERY_BATCHES:
+            self.prune()
+
+    def prune(self) -> None:
+        self._batches_since_prune = 0
+        self.store.prune_outbox(self.active_sinks)
+
+    def backoff(self, attempt: int, hint: float | None) -> float:
+        """Seconds to wait before attempt ``attempt + 1``: the backend's hint if it gave one
+        (bounded), else exponential with jitter so many exporters do not retry in step."""
+        retry = self.settings.retry
+        if hint is not None and hint > 0:
+            return min(hint, max(retry.max_backoff, 300.0))
+        ceiling = min(retry.max_backoff, retry.initial_backoff * (2 ** max(0, attempt - 1)))
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+    # ---- loops -------------------------------------------------------------------------------
+
+    def drain(self, stop: threading.Event) -> str:
+        """Deliver until the backlog is empty (``drained``), a batch failed ``max_attempts`` times
+        in a row (``backlog``: kept for the next run), or the sink stopped (``stopped``)."""
+        attempt = 0
+        while not stop.is_set():
+            finished, result = self.deliver_batch()
+            if result is None and finished == 0:
+                self.prune()
+                return "drained"
+            if result is None or result.error is None:
+                attempt = 0
+                continue
+            if result.fatal:
+                return self._stop(result.error)
+            attempt = 0 if finished else attempt + 1
+            self.counters.retries += 1
+            if attempt >= self.settings.retry.max_attempts:
+                log.error(
+                    "sink still failing; its backlog is kept for the next run",
+                    sink=self.name,
+                    error=result.error,
+                    attempts=attempt,
+                )
+                return "backlog"
+            delay = self.backoff(attempt, result.retry_after)
+            log.warning("sink delivery failed; retrying", sink=self.name, error=result.error, retry_in=round(delay, 2))
+            stop.wait(delay)
+        return "interrupted"
+
+    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        """The daemon loop: deliver whenever there is something, back off (never give up)
+        while the backend fails, stop only on `stop` or a fatal sink error."""
+        attempt = 0
+        try:
+            while not stop.is_set():
+                try:
+                    finished, result = self.deliver_batch()
+                except Exception as exc:  # a bug or a state error must not kill the thread silently
+                    log.exception("delivery failed unexpectedly", sink=self.name, error=str(exc))
+                    stop.wait(self.backoff(attempt + 1, None))
+                    attempt += 1
+                    continue
+                if result is None and finished == 0:
+                    self.prune()
+                    wake.wait(self.settings.batch.flush_interval or 1.0)
+                    wake.clear()
+                    continue
+                if result is None or result.error is None:
+                    if attempt:
+                        log.info("sink recovered", sink=self.name)
+                    attempt = 0
+                    self._pace_partial_batch(stop)
+                    continue
+                if result.fatal:
+                    self._stop(result.error)
+                    return
+                attempt = 0 if finished else attempt + 1
+                self.counters.retries += 1
+                delay = self.backoff(max(attempt, 1), result.retry_after)
+                log.warning(
+                    "sink delivery failed; retrying", sink=self.name, error=result.error, retry_in=round(delay, 2)
+                )
+                stop.wait(delay)
+        finally:
+            self.sink.close()
+
+    def _pace_partial_batch(self, stop: threading.Event) -> None:
+        """After sending, let a partial batch fill for up to flush_interval before the next send."""
+        flush = self.settings.batch.flush_interval
+        if flush <= 0:
+            return
+        cursor = self.store.cursor(self.name).seq
+        _, high = self.store.outbox_bounds()
+        if high - cursor >= self.settings.batch.max_events:
+            return
+        oldest = self.store.oldest_enqueued_after(cursor)
+        if oldest is not None:
+            stop.wait(max(0.0, min(flush, oldest + flush - time.time())))
+
+    def _stop(self, error: str) -> str:
+        self.stopped_reason = error
+        log.error("sink stopped; its backlog is kept until it is fixed and restarted", sink=self.name, error=error)
+        return "stopped"
+
+
+def replay_dead_letters(sink: Sink, settings: SinkSettings, store: StateStore) -> tuple[int, int, str | None]:
+    """Send a sink's dead letters again. Returns (delivered, still rejected, error that stopped it)."""
+    shaper = EventShaper(settings.filter, settings.fields)
+    letters = store.dead_letters(settings.name)
+    delivered = still = 0
+    for start in range(0, len(letters), settings.batch.max_events):
+        chunk = letters[start : start + settings.batch.max_events]
+        result = sink.send([shaper.shape(json.loads(letter.body)) for letter in chunk])
+        done = min(result.done, len(chunk))
+        rejected = {r.index: r.reason for r in result.rejected if r.index < done}
+        resolved = [letter.id for i, letter in enumerate(chunk[:done]) if i not in rejected]
+        store.resolve_dead_letters(resolved, [(chunk[i].id, reason) for i, reason in rejected.items()])
+        delivered += len(resolved)
+        still += len(rejected)
+        if result.error and done < len(chunk):
+            return delivered, still, result.error
+    return delivered, still, None

@@ -1,0 +1,529 @@
+"""StateStore: the durable state in one SQLite file (WAL).
+
+It holds the extraction checkpoint per team, the Jobs seen (open ones are re-checked, finished
+ones remembered for de-duplication), the outbox of events, one delivery cursor per sink and the
+dead letters. Extraction writes a page's events, run updates and checkpoint in ONE transaction;
+a sink's cursor moves (with its dead letters) in one transaction after the backend accepted.
+So a crash at any point loses nothing: uncommitted work is simply redone.
+
+Each thread opens its own `StateStore` on the same file (sqlite3 connections are not shared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+APPLICATION_ID = 0x4455564F  # "DUVO": tells our files from any other SQLite database
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    team_id     TEXT PRIMARY KEY,
+    created_at  TEXT NOT NULL,   -- normalized UTC text (sortable): the newest created_at read in order
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        TEXT PRIMARY KEY,
+    team_id       TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    terminal      INTEGER NOT NULL,
+    first_seen_at REAL NOT NULL,
+    checked_at    REAL NOT NULL,
+    next_check_at REAL,            -- NULL once terminal
+    checks        INTEGER NOT NULL DEFAULT 0,
+    last_event_id TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_due ON runs(terminal, next_check_at);
+CREATE INDEX IF NOT EXISTS runs_team_created ON runs(team_id, created_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    enqueued_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    sink            TEXT PRIMARY KEY,
+    seq             INTEGER NOT NULL,
+    delivered       INTEGER NOT NULL DEFAULT 0,
+    rejected        INTEGER NOT NULL DEFAULT 0,
+    filtered        INTEGER NOT NULL DEFAULT 0,
+    last_success_at REAL,
+    last_error      TEXT,
+    last_error_at   REAL,
+    stopped_reason  TEXT
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink        TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    run_id      TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    failed_at   REAL NOT NULL,
+    replayed_at REAL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_sink ON dead_letters(sink, replayed_at);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class StateError(Exception):
+    """The state file cannot be used; the message says why and what to do. Never reset silently."""
+
+
+@dataclass(frozen=True)
+class KnownRun:
+    run_id: str
+    team_id: str
+    created_at: str
+    status: str
+    terminal: bool
+    first_seen_at: float
+    checks: int
+    last_event_id: str | None
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    """What extraction learned about one Job."""
+
+    run_id: str
+    team_id: str
+    created_at: str
+    status: str
+    terminal: bool
+    next_check_at: float | None
+    last_event_id: str | None
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    seq: int
+    run_id: str
+    event_id: str
+    body: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    sink: str
+    seq: int
+    run_id: str
+    event_id: str
+    body: str
+    reason: str
+    failed_at: float
+
+
+@dataclass(frozen=True)
+class SinkCursor:
+    sink: str
+    seq: int
+    delivered: int
+    rejected: int
+    filtered: int
+    last_success_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+    stopped_reason: str | None
+
+
+class StateStore:
+    def __init__(self, path: str, *, synchronous: str = "full", create: bool = True) -> None:
+        self.path = path
+        self._conn = _open(path, synchronous=synchronous, create=create)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock up front so two writers never deadlock."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self, team_id: str) -> str | None:
+        row = self._conn.execute("SELECT created_at FROM checkpoints WHERE team_id = ?", (team_id,)).fetchone()
+        return row[0] if row else None
+
+    def checkpoints(self) -> dict[str, str]:
+        return dict(self._conn.execute("SELECT team_id, created_at FROM checkpoints ORDER BY team_id"))
+
+    @staticmethod
+    def _advance_checkpoint(conn: sqlite3.Connection, team_id: str, created_at: str) -> None:
+        # Only forward: re-listing an older window must never move the checkpoint back.
+        conn.execute(
+            "INSERT INTO checkpoints(team_id, created_at, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(team_id) DO UPDATE SET created_at = max(created_at, excluded.created_at), "
+            "updated_at = excluded.updated_at",
+            (team_id, created_at, time.time()),
+        )
+
+    def set_initial_checkpoint(self, team_id: str, created_at: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO checkpoints(team_id, created_at, updated_at) VALUES (?, ?, ?)",
+                (team_id, created_at, time.time()),
+            )
+
+    # ---- runs --------------------------------------------------------------------------------
+
+    def known_runs(self, run_ids: Sequence[str]) -> dict[str, KnownRun]:
+        found: dict[str, KnownRun] = {}
+        for start in range(0, len(run_ids), 500):
+            chunk = run_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                "SELECT run_id, team_id, created_at, status, terminal, first_seen_at, checks, last_event_id "
+                f"FROM runs WHERE run_id IN ({marks})",
+                chunk,
+            ):
+                found[row[0]] = KnownRun(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7])
+        return found
+
+    def due_open_runs(self, team_id: str, now: float, limit: int = 100_000) -> list[KnownRun]:
+        rows = self._conn.execute(
+            "SELECT run_id, team_id, created_at, status, terminal, first_seen_at, checks, last_event_id "
+            "FROM runs WHERE terminal = 0 AND team_id = ? AND next_check_at <= ? "
+            "ORDER BY created_at LIMIT ?",
+            (team_id, now, limit),
+        )
+        return [KnownRun(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    def count_runs_between(self, team_id: str, start: str, end: str) -> int:
+        return self._conn.execute(
+            "SELECT count(*) FROM runs WHERE team_id = ? AND created_at >= ? AND created_at < ?",
+            (team_id, start, end),
+        ).fetchone()[0]
+
+    def open_run_stats(self) -> dict[str, Any]:
+        row = self._conn.execute(
+            "SELECT count(*), min(created_at), min(next_check_at) FROM runs WHERE terminal = 0"
+        ).fetchone()
+        by_status = dict(self._conn.execute("SELECT status, count(*) FROM runs WHERE terminal = 0 GROUP BY status"))
+        return {"open": row[0], "oldest_created_at": row[1], "next_check_at": row[2], "by_status": by_status}
+
+    def oldest_open_created_at(self, team_id: str) -> str | None:
+        return self._conn.execute(
+            "SELECT min(created_at) FROM runs WHERE terminal = 0 AND team_id = ?", (team_id,)
+        ).fetchone()[0]
+
+    def commit_extraction(
+        self,
+        team_id: str,
+        updates: Iterable[RunUpdate],
+        events: Iterable[tuple[str, str, str]],
+        checkpoint: str | None,
+        gone: Iterable[str] = (),
+        checked_at: float | None = None,
+    ) -> int:
+        """Write what one page (or one batch of re-checks) taught us, atomically.
+
+        ``events`` are (run_id, event_id, body). Returns the number of events enqueued."""
+        now = checked_at if checked_at is not None else time.time()
+        enqueued = 0
+        with self.transaction() as conn:
+            for update in updates:
+                conn.execute(
+                    "INSERT INTO runs(run_id, team_id, created_at, status, terminal, first_seen_at, "
+                    "checked_at, next_check_at, checks, last_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
+                    "ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, "
+                    "terminal = excluded.terminal, checked_at = excluded.checked_at, "
+                    "next_check_at = excluded.next_check_at, checks = runs.checks + 1, "
+                    "last_event_id = coalesce(excluded.last_event_id, runs.last_event_id)",
+                    (
+                        update.run_id,
+                        update.team_id,
+                        update.created_at,
+                        update.status,
+                        int(update.terminal),
+                        now,
+                        now,
+                        update.next_check_at,
+                        update.last_event_id,
+                    ),
+                )
+            for run_id, event_id, body in events:
+                conn.execute(
+                    "INSERT INTO outbox(run_id, event_id, body, enqueued_at) VALUES (?, ?, ?, ?)",
+                    (run_id, event_id, body, now),
+                )
+                enqueued += 1
+            for run_id in gone:
+                conn.execute("DELETE FROM runs WHERE run_id = ? AND terminal = 0", (run_id,))
+            if checkpoint is not None:
+                self._advance_checkpoint(conn, team_id, checkpoint)
+        return enqueued
+
+    def postpone_checks(self, run_ids: Sequence[str], next_check_at: float) -> None:
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE runs SET next_check_at = ? WHERE run_id = ? AND terminal = 0",
+                [(next_check_at, run_id) for run_id in run_ids],
+            )
+
+    def prune_runs(self, team_id: str, before: str) -> int:
+        """Forget finished Jobs created before ``before``: no listing can return them again."""
+        with self.transaction() as conn:
+            return conn.execute(
+                "DELETE FROM runs WHERE team_id = ? AND terminal = 1 AND created_at < ?", (team_id, before)
+            ).rowcount
+
+    # ---- outbox and cursors ------------------------------------------------------------------
+
+    def outbox_bounds(self) -> tuple[int, int]:
+        """(lowest seq held, highest seq ever written); (0, 0) when never written."""
+        low = self._conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+        high = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        high_seq = high[0] if high else 0
+        return (low if low is not None else high_seq + 1), high_seq
+
+    def outbox_size(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def read_outbox(self, after: int, max_events: int, max_bytes: int) -> list[OutboxEvent]:
+        """Events after ``after`` in order, at most ``max_events`` and (but for the first) ``max_bytes``."""
+        batch: list[OutboxEvent] = []
+        size = 0
+        for seq, run_id, event_id, body in self._conn.execute(
+            "SELECT seq, run_id, event_id, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, max_events),
+        ):
+            size += len(body)
+            if batch and size > max_bytes:
+                break
+            batch.append(OutboxEvent(seq, run_id, event_id, body))
+        return batch
+
+    def oldest_enqueued_after(self, after: int) -> float | None:
+        row = self._conn.execute(
+            "SELECT enqueued_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def ensure_cursors(self, sinks: Sequence[str]) -> None:
+        """A sink seen for the first time starts at the end of the outbox: it receives events
+        produced from now on (on a new state file, that is everything)."""
+        with self.transaction() as conn:
+            high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            start = high[0] if high else 0
+            for sink in sinks:
+                conn.execute("INSERT OR IGNORE INTO sink_cursors(sink, seq) VALUES (?, ?)", (sink, start))
+            # A sink that was stopped for bad credentials gets a fresh chance on every start.
+            conn.executemany("UPDATE sink_cursors SET stopped_reason = NULL WHERE sink = ?", [(s,) for s in sinks])
+
+    def cursor(self, sink: str) -> SinkCursor:
+        row = self._conn.execute(
+            "SELECT sink, seq, delivered, rejected, filtered, last_success_at, last_error, last_error_at, "
+            "stopped_reason FROM sink_cursors WHERE sink = ?",
+            (sink,),
+        ).fetchone()
+        if row is None:
+            raise StateError(f"no delivery cursor for sink {sink!r}")
+        return SinkCursor(*row)
+
+    def cursors(self) -> list[SinkCursor]:
+        rows = self._conn.execute(
+            "SELECT sink, seq, delivered, rejected, filtered, last_success_at, last_error, last_error_at, "
+            "stopped_reason FROM sink_cursors ORDER BY sink"
+        )
+        return [SinkCursor(*row) for row in rows]
+
+    def backlog(self, sink_seq: int) -> int:
+        return self._conn.execute("SELECT count(*) FROM outbox WHERE seq > ?", (sink_seq,)).fetchone()[0]
+
+    def advance_cursor(
+        self,
+        sink: str,
+        to_seq: int,
+        *,
+        delivered: int,
+        filtered: int,
+        dead: Sequence[tuple[OutboxEvent, str]] = (),
+        error: str | None = None,
+    ) -> None:
+        """Move ``sink``'s cursor to ``to_seq`` and store its dead letters, atomically."""
+        now = time.time()
+        with self.transaction() as conn:
+            for event, reason in dead:
+                conn.execute(
+                    "INSERT INTO dead_letters(sink, seq, run_id, event_id, body, reason, failed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (sink, event.seq, event.run_id, event.event_id, event.body, reason, now),
+                )
+            conn.execute(
+                "UPDATE sink_cursors SET seq = max(seq, ?), delivered = delivered + ?, "
+                "rejected = rejected + ?, filtered = filtered + ?, "
+                "last_success_at = CASE WHEN ? > 0 THEN ? ELSE last_success_at END, "
+                "last_error = coalesce(?, last_error), "
+                "last_error_at = CASE WHEN ? IS NOT NULL THEN ? ELSE last_error_at END WHERE sink = ?",
+                (to_seq, delivered, len(dead), filtered, delivered, now, error, error, now, sink),
+            )
+
+    def record_sink_error(self, sink: str, error: str, *, stopped: bool = False) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE sink_cursors SET last_error = ?, last_error_at = ?, "
+                "stopped_reason = CASE WHEN ? THEN ? ELSE stopped_reason END WHERE sink = ?",
+                (error, time.time(), int(stopped), error, sink),
+            )
+
+    def prune_outbox(self, active_sinks: Sequence[str]) -> int:
+        """Delete events every active sink has finished with."""
+        if not active_sinks:
+            return 0
+        marks = ",".join("?" * len(active_sinks))
+        with self.transaction() as conn:
+            low = conn.execute(
+                f"SELECT min(seq), count(*) FROM sink_cursors WHERE sink IN ({marks})", list(active_sinks)
+            ).fetchone()
+            if low[0] is None or low[1] < len(active_sinks):
+                return 0
+            return conn.execute("DELETE FROM outbox WHERE seq <= ?", (low[0],)).rowcount
+
+    # ---- dead letters ------------------------------------------------------------------------
+
+    def dead_letters(self, sink: str | None = None, *, pending_only: bool = True) -> list[DeadLetter]:
+        query = "SELECT id, sink, seq, run_id, event_id, body, reason, failed_at FROM dead_letters WHERE 1=1"
+        args: list[Any] = []
+        if sink is not None:
+            query += " AND sink = ?"
+            args.append(sink)
+        if pending_only:
+            query += " AND replayed_at IS NULL"
+        return [DeadLetter(*row) for row in self._conn.execute(query + " ORDER BY id", args)]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return dict(
+            self._conn.execute("SELECT sink, count(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY sink")
+        )
+
+    def resolve_dead_letters(self, resolved: Sequence[int], still_failing: Sequence[tuple[int, str]]) -> None:
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(now, i) for i in resolved])
+            conn.executemany(
+                "UPDATE dead_letters SET reason = ?, failed_at = ? WHERE id = ?",
+                [(reason, now, i) for i, reason in still_failing],
+            )
+
+    # ---- meta --------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value if isinstance(value, str) else json.dumps(value)),
+            )
+
+
+def _open(path: str, *, synchronous: str, create: bool) -> sqlite3.Connection:
+    exists = os.path.exists(path)
+    if not exists and not create:
+        raise StateError(f"state file {path} does not exist (no pass has run yet)")
+    if not exists:
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            # 0600 from the first byte: the file holds Job records, which may be sensitive.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StateError(f"cannot create state file {path}: {exc.strerror or exc}") from None
+    elif os.path.isdir(path):
+        raise StateError(f"state path {path} is a directory; state.path must name a file")
+    try:
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open state file {path}: {exc}") from None
+    try:
+        _check_and_migrate(conn, path, fresh=not exists or os.path.getsize(path) == 0)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        message = str(exc)
+        if "readonly" in message or "unable to open" in message:
+            raise StateError(f"state file {path} is not writable: {message}") from None
+        if "disk is full" in message or "disk I/O" in message:
+            raise StateError(f"state file {path}: {message}") from None
+        raise StateError(
+            f"state file {path} is corrupt or not an SQLite database ({message}); "
+            "move it aside to start afresh (Jobs since duvo.start_from will be exported again)"
+        ) from None
+    except StateError:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_and_migrate(conn: sqlite3.Connection, path: str, *, fresh: bool) -> None:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if app_id == 0 and tables == 0:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # executescript() would COMMIT first; statement by statement keeps it one transaction.
+            for statement in _statements(_SCHEMA):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(time.time()),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+        return
+    if app_id != APPLICATION_ID:
+        raise StateError(
+            f"state file {path} is an SQLite database of another application "
+            f"(application_id {app_id:#x}); refusing to touch it: point state.path elsewhere"
+        )
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"state file {path} was written by a newer duvo-exporter (schema {version}, this one reads "
+            f"up to {SCHEMA_VERSION}); upgrade duvo-exporter or restore a matching file"
+        )
+    if version < SCHEMA_VERSION:
+        raise StateError(f"state file {path} has unknown schema version {version}")
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
