@@ -84,7 +84,9 @@ def test_bad_durations_cron_and_start_from():
 
 def test_team_rules_and_duplicate_sink_names():
     assert problems(BASE.replace("  team_id: t1\n", "")) == ["duvo: team_id (or teams) is required"]
-    assert problems(BASE.replace("team_id: t1", "team_id: t1\n  teams: [a]")) == ["duvo: set team_id or teams, not both"]
+    assert problems(BASE.replace("team_id: t1", "team_id: t1\n  teams: [a]")) == [
+        "duvo: set team_id or teams, not both"
+    ]
     found = problems(BASE + "  - type: file\n    name: local\n    path: other.jsonl\n")
     assert found == ["sinks: name 'local' is used by more than one sink"]
 
@@ -97,7 +99,9 @@ def test_no_sinks_and_not_yaml_and_empty():
 
 
 def test_secrets_never_appear_in_errors():
-    found = problems(BASE.replace("team_id: t1", "team_id: t1\n  requests_per_minute: 0").replace("dv_key", "dv_SECRET_123"))
+    found = problems(
+        BASE.replace("team_id: t1", "team_id: t1\n  requests_per_minute: 0").replace("dv_key", "dv_SECRET_123")
+    )
     assert found and all("dv_SECRET_123" not in p for p in found)
 
 
