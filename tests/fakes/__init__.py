@@ -1,0 +1,1 @@
+"""Strict fake backends the sink tests talk to over real HTTP."""
