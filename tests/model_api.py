@@ -28,6 +28,7 @@ class ModelApi:
         self.base = base or datetime(2026, 5, 17, tzinfo=UTC)
         self.on_request: Callable[[ModelApi], None] | None = None
         self.requests = 0
+        self.last_served: list[str] = []  # ids of the last list page, for "delete what was just read"
         self._counter = 0
 
     def add(self, status: str = "pending", at_seconds: float | None = None, run_id: str | None = None) -> str:
@@ -80,7 +81,9 @@ class ModelApi:
             key=lambda r: (r["created_at"], r["id"]),
             reverse=sort_order == "desc",
         )
-        return Page([dict(r) for r in rows[offset : offset + limit]], len(rows))
+        page = [dict(r) for r in rows[offset : offset + limit]]
+        self.last_served = [r["id"] for r in page]
+        return Page(page, len(rows))
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         self.requests += 1
