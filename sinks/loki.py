@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal, cast
+from typing import Literal
 from urllib.parse import urlsplit
 
 import requests
@@ -152,12 +152,10 @@ class LokiSink:
         self._secrets = [s for s in (secret_value(settings.bearer_token), secret_value(password)) if s]
         self._session = requests.Session()
         self._session.headers.update(self._auth_headers())
-        self._session.verify = settings.tls.requests_verify()
+        self._verify = settings.tls.requests_verify()
+        self._session.verify = self._verify
         if settings.tls.insecure_skip_verify:
             log.warning("tls verification disabled", sink=self.name, url=settings.url)
-        # Entries Loki ignored inside a request it otherwise stored (batch index -> reason):
-        # a Verdict can only say "all stored" or "bisect", so they are collected here.
-        self._ignored: dict[int, str] = {}
 
     def _auth_headers(self) -> dict[str, str]:
         headers = {"User-Agent": "duvo-exporter"}
@@ -176,7 +174,6 @@ class LokiSink:
     def send(self, events: Sequence[Event]) -> SendResult:
         if not events:
             return SendResult.ok(0)
-        self._ignored = {}
         rejected: dict[int, str] = {}
         pending = set(range(len(events)))
         failure: SendResult | None = None
@@ -194,15 +191,13 @@ class LokiSink:
                     entries.append(entry)
             if failure is not None:
                 continue  # Loki is failing or refusing: leave the other streams for the retry
-            result = send_splitting(cast(Sequence[Event], entries), self._poster(stream.labels))
+            result = send_splitting(entries, self._poster(stream.labels))
             for entry in entries[: result.done]:
                 pending.discard(entry.index)
             for rejection in result.rejected:
                 rejected[entries[rejection.index].index] = rejection.reason
             if result.done < len(entries):
                 failure = result
-        for index, reason in self._ignored.items():
-            rejected.setdefault(index, reason)
         done = min(pending) if pending else len(events)
         rejections = [Rejection(i, rejected[i]) for i in sorted(rejected) if i < done]
         if failure is None:
@@ -215,9 +210,9 @@ class LokiSink:
             fatal=failure.fatal,
         )
 
-    def _poster(self, labels: dict[str, str]) -> Callable[[Sequence[Event]], Verdict]:
-        def post(items: Sequence[Event]) -> Verdict:
-            return self._post(labels, cast(Sequence[Entry], items))
+    def _poster(self, labels: dict[str, str]) -> Callable[[Sequence[Entry]], Verdict]:
+        def post(items: Sequence[Entry]) -> Verdict:
+            return self._post(labels, items)
 
         return post
 
@@ -242,6 +237,7 @@ class LokiSink:
                 auth=self._auth(),
                 timeout=self._settings.timeout,
                 allow_redirects=False,
+                verify=self._verify,  # per request: REQUESTS_CA_BUNDLE would override session.verify
             )
         except requests.RequestException as exc:
             # Includes a connection dropped after the request was sent: Loki may or may not have
@@ -300,14 +296,14 @@ class LokiSink:
             if too_long.group(1) in self._settings.labels.values():
                 return Verdict(Kind.FATAL, f"loki sink '{self.name}': a static label value is too long for Loki")
             # A per-event label value (status, agent_id): every entry of this stream shares it.
-            for entry in entries:
-                self._ignored[entry.index] = self._clean(text)
-            return Verdict(Kind.OK)
+            why = self._clean(text)
+            return Verdict(Kind.OK, rejected=tuple(Rejection(i, why) for i in range(len(entries))))
         mapped = map_rejections(parse_reply(text), labels, entries)
         if mapped:
-            for position, why in mapped.items():
-                self._ignored[entries[position].index] = self._clean(why)
-            return Verdict(Kind.OK)
+            return Verdict(
+                Kind.OK,
+                rejected=tuple(Rejection(position, self._clean(why)) for position, why in sorted(mapped.items())),
+            )
         # Unaccounted for: bisect; a single entry refused this way is rejected with Loki's words.
         return Verdict(Kind.BAD, reason)
 

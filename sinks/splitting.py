@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
-from sinks.base import Event, Rejection, SendResult
+from sinks.base import Rejection, SendResult
+
+T = TypeVar("T")  # whatever a backend splits: events, or its own encoded entries
 
 
 class Kind(Enum):
-    OK = "ok"  # the whole request was stored
+    OK = "ok"  # the request was stored, except any `rejected` entries
     TOO_LARGE = "too_large"  # 413 or the backend's equivalent: smaller requests may pass
     BAD = "bad"  # refused as invalid; somewhere in it is at least one event that can never pass
     RETRY = "retry"  # transient: nothing (beyond accepted_prefix) is known to be stored
@@ -32,23 +35,26 @@ class Verdict:
     accepted_prefix: int = 0
     # For BAD: the index of the offending event when the backend names it; None = unknown.
     bad_index: int | None = None
+    # For OK: entries the backend ignored inside a request it otherwise stored (Loki's 400
+    # "total ignored: N out of M"); indexes into the posted slice.
+    rejected: tuple[Rejection, ...] = ()
 
 
-Post = Callable[[Sequence[Event]], Verdict]
+Post = Callable[[Sequence[T]], Verdict]
 
 
-def send_splitting(events: Sequence[Event], post: Post) -> SendResult:
+def send_splitting(events: Sequence[T], post: Post[T]) -> SendResult:
     """Deliver ``events`` with ``post``; on TOO_LARGE split in halves, on BAD bisect (or, when
     the backend names the bad event, reject it and go on after it)."""
     return _send(events, post, 0)
 
 
-def _send(events: Sequence[Event], post: Post, base: int) -> SendResult:
+def _send(events: Sequence[T], post: Post[T], base: int) -> SendResult:
     if not events:
         return SendResult.ok(0)
     verdict = post(events)
     if verdict.kind is Kind.OK:
-        return SendResult.ok(len(events))
+        return SendResult.ok(len(events), verdict.rejected)
     if verdict.kind is Kind.RETRY:
         return SendResult.retry(verdict.reason, done=verdict.accepted_prefix, after=verdict.retry_after)
     if verdict.kind is Kind.FATAL:
@@ -69,7 +75,7 @@ def _send(events: Sequence[Event], post: Post, base: int) -> SendResult:
     return _chain(first, events[middle:], post, base, middle)
 
 
-def _chain(head: SendResult, rest: Sequence[Event], post: Post, base: int, offset: int) -> SendResult:
+def _chain(head: SendResult, rest: Sequence[T], post: Post[T], base: int, offset: int) -> SendResult:
     """``head`` finished events [0, offset); send ``rest`` and shift its indexes by offset."""
     tail = _send(rest, post, base + offset)
     rejected = head.rejected + tuple(Rejection(r.index + offset, r.reason) for r in tail.rejected)
