@@ -1,0 +1,102 @@
+"""An embedded simulator of the Duvo public API (/v2), for the demo, the tests and the benchmarks.
+
+with Simulator(SimulatorOptions(backfill=1000)) as sim:
+    requests.get(f"{sim.url}/teams/team-sim/runs", headers={"Authorization": "Bearer dv_sim_key"})
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from .clock import ManualClock
+from .faults import Faults, FaultSettings
+from .options import SimulatorOptions
+from .server import App, SimulatorHTTPServer
+from .world import STATUSES, TERMINAL_STATUSES, World
+
+__all__ = [
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "FaultSettings",
+    "Faults",
+    "ManualClock",
+    "Simulator",
+    "SimulatorOptions",
+    "World",
+    "serve_forever",
+]
+
+
+class Simulator:
+    """The simulated API served from a background thread. `world` and `faults` may be used before start()."""
+
+    def __init__(
+        self,
+        options: SimulatorOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if host not in ("127.0.0.1", "localhost"):
+            raise ValueError("the simulator only binds 127.0.0.1")
+        self.options = options or SimulatorOptions()
+        self.world = World(self.options, clock)
+        self.faults = Faults(self.options.seed, self.options.faults)
+        self.app = App(self.world, self.faults, self.options)
+        self.port = port
+        self.url = ""
+        self.control_url = ""
+        self._server: SimulatorHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Simulator:
+        if self._server is not None:
+            return self
+        server = SimulatorHTTPServer(self.app, "127.0.0.1", self.port)
+        self._server = server
+        self.port = server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v2"
+        self.control_url = f"http://127.0.0.1:{self.port}/_sim"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"duvo-sim-{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.close_open_connections()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def stats(self) -> dict[str, Any]:
+        """Requests by endpoint and status, 429s, resets, jobs_total, terminal (as GET /_sim/stats)."""
+        return self.app.snapshot()
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve_forever(options: SimulatorOptions, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Serve until interrupted (`duvo-exporter simulate --port N`)."""
+    simulator = Simulator(options, host=host, port=port).start()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.stop()
