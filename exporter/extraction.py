@@ -211,6 +211,8 @@ class Extractor:
         window: OrderedDict[str, str] = OrderedDict()
         newest: str | None = None
         step_backs = 0
+        trust_since_offsets = True
+        after_since_move = False
         while True:
             self._spend(report)
             page = self.source.list_runs(team, since=since, offset=offset, limit=self.page_size, sort_order="asc")
@@ -219,6 +221,14 @@ class Extractor:
             # Rows the server sent, counting any the client dropped as invalid: offsets move by this.
             size: int = getattr(page, "size", len(rows))
             if offset > 0 and (not rows or str(rows[0].get("id")) not in window):
+                if after_since_move:  # an empty page here proves nothing either
+                    # Our guess of where the moved window starts assumed an inclusive, exact
+                    # `since`; this server reads it otherwise. Re-read the window from its start,
+                    # and do so directly after every later move in this listing.
+                    trust_since_offsets = after_since_move = False
+                    report.step_backs += 1
+                    offset = 0
+                    continue
                 if not rows or step_backs >= MAX_STEP_BACKS:
                     # The end, or a list that keeps shifting: stop here. What we have not read is
                     # read from the checkpoint next pass, so this costs latency, never a Job.
@@ -229,6 +239,7 @@ class Extractor:
                 log.debug("rows shifted while paging; stepping back", team_id=team, offset=offset)
                 continue
             step_backs = 0
+            after_since_move = False
             fresh: list[dict[str, Any]] = []
             for row in rows:
                 run_id = str(row["id"])
@@ -241,9 +252,9 @@ class Extractor:
                 fresh.append(row)
                 listed_due.pop(run_id, None)
             self._commit_rows(team, fresh, report, checkpoint=newest)
-            if not fresh:
-                # Nothing new (a `total` that overstates, or only the anchor row came back): stop
-                # here rather than spin; anything beyond is read from the checkpoint next pass.
+            if not fresh and size <= 1:
+                # Only the anchor came back, so the offset cannot move (a `total` that overstates):
+                # stop rather than spin. A page of re-read rows still moves the offset forward.
                 return True
             at_end = offset + size >= page.total if page.total is not None else size < self.page_size
             if at_end:
@@ -255,7 +266,8 @@ class Extractor:
                 while window and next(iter(window.values())) < next_since:
                     window.popitem(last=False)
                 since = next_since
-                offset = max(0, len(window) - 1)
+                offset = max(0, len(window) - 1) if trust_since_offsets else 0
+                after_since_move = offset > 0
 
     # ---- re-checking open Jobs one by one ----------------------------------------------------
 
