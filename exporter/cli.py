@@ -255,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"YAML config file (default: $DUVO_EXPORTER_CONFIG, else {DEFAULT_CONFIG})",
     )
     common.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info (warning for demo, which prints its own progress)",
     )
     parser = argparse.ArgumentParser(
         prog="duvo-exporter",
@@ -306,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.log_level = args.log_level or ("warning" if args.command == "demo" else "info")
     configure_logging(args.log_level)
     try:
         return args.handler(args)

@@ -292,6 +292,11 @@ class StateStore:
                 [(next_check_at, run_id) for run_id in run_ids],
             )
 
+    def make_all_open_due(self) -> None:
+        """Every open Job is re-checked on the next pass (the demo's final sweep)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE runs SET next_check_at = 0 WHERE terminal = 0")
+
     def prune_runs(self, team_id: str, before: str) -> int:
         """Forget finished Jobs created before ``before``: no listing can return them again."""
         with self.transaction() as conn:

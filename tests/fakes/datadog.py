@@ -77,8 +77,9 @@ class Request:
 
 
 class DatadogFake:
-    def __init__(self, api_key: str = "test-api-key") -> None:
+    def __init__(self, api_key: str = "test-api-key", port: int = 0) -> None:
         self.api_key = api_key
+        self.port = port  # a fixed port lets a test bring a "crashed" backend back at the same URL
         self.bad_reason = "Invalid log entry"
         self._lock = threading.Lock()
         self._steps: deque[Step] = deque()
@@ -94,7 +95,7 @@ class DatadogFake:
 
     def start(self) -> DatadogFake:
         handler = type("BoundHandler", (_Handler,), {"fake": self})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server

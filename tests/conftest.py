@@ -1,0 +1,95 @@
+"""Shared fixtures: the simulator on 127.0.0.1, config files, and running the CLI for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from exporter.simulator import Simulator, SimulatorOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"completed", "failed", "stopped", "interrupted"}
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    """A quiet simulator: no generated Jobs, tests create and finish Jobs themselves."""
+    with Simulator(SimulatorOptions(jobs_per_second=0.0, requests_per_minute=None)).start() as simulator:
+        yield simulator
+
+
+def sim_faults(simulator: Simulator, **faults: Any) -> dict[str, Any]:
+    response = requests.post(f"{simulator.control_url}/faults", json=faults, timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def write_config(
+    tmp_path: Path, sim_url: str, *, sinks: str | None = None, extra: str = "", name: str = "exporter.yaml", **duvo: Any
+) -> Path:
+    # Tests that are not about the rate limit should not wait for it.
+    duvo.setdefault("requests_per_minute", 60000)
+    duvo.setdefault("read_timeout", 5)
+    duvo_lines = "".join(f"  {key}: {json.dumps(value)}\n" for key, value in duvo.items())
+    sinks = sinks or textwrap.dedent(
+        f"""\
+        - type: file
+          name: local
+          path: {tmp_path / "runs.jsonl"}
+          batch: {{flush_interval: 0}}
+        """
+    )
+    text = (
+        "duvo:\n"
+        f"  base_url: {sim_url}\n"
+        "  api_key: ${DUVO_API_KEY:-dv_sim_key}\n"
+        "  team_id: team-sim\n"
+        "  start_from: beginning\n"
+        "  connect_timeout: 2\n"
+        f"{duvo_lines}"
+        "state:\n"
+        f"  path: {tmp_path / 'state.db'}\n"
+        "extract:\n"
+        "  recheck: {min_interval: 0s, max_interval: 0s}\n"
+        f"{extra}"
+        "sinks:\n" + textwrap.indent(sinks, "  ")
+    )
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def exported(path: Path) -> Counter[str]:
+    """run_id -> how many run.finished events the file sink holds."""
+    counts: Counter[str] = Counter()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event["event"] == "run.finished":
+                counts[event["run_id"]] += 1
+    return counts
+
+
+def terminal_ids(simulator: Simulator) -> set[str]:
+    return {job["id"] for job in simulator.world.jobs() if job["status"] in TERMINAL}
