@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint soak bench clean
+.PHONY: venv demo test lint soak bench bench-venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,13 @@ soak: venv
 	DUVO_CRASH_KILLS=25 $(PY) -m pytest -q -s tests/test_e2e_daemon.py::test_kill_9_at_random_moments_loses_nothing
 	DUVO_PROPERTY_EXAMPLES=3000 $(PY) -m pytest -q tests/test_extraction_properties.py
 	$(PY) -m pytest -q -m soak
+
+# Benchmarks write docs/benchmarks.md and docs/*.png (minutes; not part of `make test`).
+bench-venv: venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+
+bench: bench-venv
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) var .pytest_cache build *.egg-info
