@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): throughput, API-budget efficiency, memory and freshness."""
