@@ -121,10 +121,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     return code
 
 
-def status_data(config: Config) -> dict[str, Any]:
+def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]:
     from exporter.state import StateStore
 
     with StateStore(config.state.path, create=False) as store:
+        letters = [
+            {
+                "sink": letter.sink,
+                "run_id": letter.run_id,
+                "event_id": letter.event_id,
+                "failed_at": _iso(letter.failed_at),
+                "reason": redact(letter.reason),
+            }
+            for letter in (store.dead_letters() if dead_letters else [])
+        ]
         low, high = store.outbox_bounds()
         configured = {s.name: s for s in config.sinks}
         dead = store.dead_letter_counts()
@@ -152,12 +162,13 @@ def status_data(config: Config) -> dict[str, Any]:
             "open_jobs": store.open_run_stats(),
             "outbox": {"events": store.outbox_size(), "first_seq": low, "last_seq": high},
             "sinks": sinks,
+            **({"dead_letters": letters} if dead_letters else {}),
         }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args)
-    data = status_data(config)
+    data = status_data(config, dead_letters=args.dead_letters)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return exitcodes.OK
@@ -174,6 +185,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not sink["configured"]:
             note = "(no longer configured) " + note
         print(f"{sink['name']:<16} {sink['backlog']:>8} {sink['delivered']:>10} {sink['dead_letters']:>6}  {note}")
+    if args.dead_letters:
+        print(f"dead letters: {len(data['dead_letters'])} (re-send with: duvo-exporter replay --dead-letters)")
+        for letter in data["dead_letters"]:
+            print(f"  {letter['sink']}  {letter['run_id']}  {letter['failed_at']}  {letter['reason']}")
     return exitcodes.OK
 
 
@@ -286,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--connect", action="store_true", help="also contact the Duvo API and every sink")
     status = add("status", cmd_status, "show checkpoints, open Jobs, backlog and last error per sink")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--dead-letters", action="store_true", help="also list each dead-lettered event with the backend's reason"
+    )
     replay = add("replay", cmd_replay, "send dead-lettered events again (after fixing what the backend rejected)")
     replay.add_argument("--dead-letters", action="store_true", help="replay the dead letters")
     replay.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")

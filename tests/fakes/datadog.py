@@ -154,6 +154,11 @@ class DatadogFake:
             if reason is not None:
                 self.bad_reason = reason
 
+    def clear_rejections(self) -> None:
+        """The backend was fixed: stop refusing the marked run_ids."""
+        with self._lock:
+            self._bad_run_ids.clear()
+
     # -- records ----------------------------------------------------------------------------
 
     @property

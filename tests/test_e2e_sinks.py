@@ -1,0 +1,112 @@
+"""All three backends through the real pipeline at once, each with its strict fake receiver:
+every finished Job arrives in each, in the backend's own shape, and per-sink filters and field
+shaping apply to that sink only."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from tests.conftest import cli, exported, terminal_ids, write_config
+from tests.fakes.datadog import DatadogFake
+from tests.fakes.loki import FakeLoki
+from tests.fakes.splunk_hec import FakeSplunkHec
+
+
+def test_every_backend_receives_every_finished_job_in_its_own_shape(sim, tmp_path):
+    rng = random.Random(9)
+    for _ in range(120):
+        sim.world.create_job(team_id="team-sim", status=rng.choice(["completed", "failed", "stopped", "running"]))
+    with DatadogFake(api_key="dd-key") as dd, FakeSplunkHec(token="hec-token") as hec, FakeLoki() as loki:
+        sinks = f"""\
+- type: file
+  name: local
+  path: {tmp_path / "runs.jsonl"}
+- type: datadog
+  name: dd
+  api_key: dd-key
+  url: {dd.url}
+  tags: [env:test]
+- type: splunk_hec
+  name: siem
+  url: {hec.url}
+  token: hec-token
+  index: main
+  filter: {{statuses: [failed]}}
+  fields: {{exclude: [run]}}
+- type: loki
+  name: loki
+  url: {loki.url}
+  labels: {{service: duvo, env: test}}
+"""
+        config = write_config(tmp_path, sim.url, sinks=sinks)
+        result = cli("once", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        finished = terminal_ids(sim)
+        jobs = {job["id"]: job for job in sim.world.jobs()}
+        assert set(exported(tmp_path / "runs.jsonl")) == finished
+
+        # Datadog: the level from the Job status, the Job status under its own name and tag.
+        logs = {log["run_id"]: log for log in dd.stored}
+        assert set(logs) == finished and len(dd.stored) == len(finished)
+        for run_id, log in logs.items():
+            status = jobs[run_id]["status"]
+            assert log["job_status"] == status
+            assert log["status"] == {"failed": "error", "completed": "info"}.get(status, "warning")
+            assert f"job_status:{status}" in log["ddtags"] and "env:test" in log["ddtags"]
+            assert log["message"] == f"Job {run_id} {status}" and log["ddsource"] == "duvo"
+
+        # Splunk: only failures (the SIEM's filter), without the raw record, with indexed fields.
+        failed = {run_id for run_id in finished if jobs[run_id]["status"] == "failed"}
+        assert {e["event"]["run_id"] for e in hec.stored} == failed
+        for envelope in hec.stored:
+            assert envelope["index"] == "main" and envelope["sourcetype"] == "duvo:run"
+            assert envelope["fields"]["run_id"] == envelope["event"]["run_id"]
+            assert "run" not in envelope["event"]
+            assert isinstance(envelope["time"], int | float)
+
+        # Loki: bounded labels, run_id in structured metadata, the line is the event.
+        entries = loki.entries
+        assert {entry.metadata["run_id"] for entry in entries} == finished
+        for entry in entries:
+            assert "run_id" not in entry.labels
+            assert set(entry.labels) <= {"service", "env", "status", "service_name"}
+            assert entry.event["run_id"] == entry.metadata["run_id"]
+        assert {entry.labels["status"] for entry in entries} <= {"completed", "failed", "stopped", "interrupted"}
+
+        status = json.loads(cli("status", "--json", "--config", str(config)).stdout)
+        by_name = {sink["name"]: sink for sink in status["sinks"]}
+        assert by_name["siem"]["delivered"] == len(failed)
+        assert by_name["siem"]["filtered"] == len(finished) - len(failed)
+        assert all(sink["backlog"] == 0 for sink in status["sinks"])
+
+
+def test_dead_letters_are_listed_and_replayed_once_fixed(sim, tmp_path):
+    jobs = [sim.world.create_job(team_id="team-sim", status="completed")["id"] for _ in range(10)]
+    with DatadogFake(api_key="dd-key") as dd:
+        dd.reject_run_ids(jobs[3], reason="attribute too large")
+        sinks = f"""\
+- type: datadog
+  name: dd
+  api_key: dd-key
+  url: {dd.url}
+"""
+        config = write_config(tmp_path, sim.url, sinks=sinks)
+        assert cli("once", "--config", str(config)).returncode == 0
+        assert {log["run_id"] for log in dd.stored} == set(jobs) - {jobs[3]}
+
+        listing = cli("status", "--dead-letters", "--config", str(config))
+        assert "dead letters: 1" in listing.stdout
+        assert jobs[3] in listing.stdout and "attribute too large" in listing.stdout
+        data = json.loads(cli("status", "--json", "--dead-letters", "--config", str(config)).stdout)
+        [letter] = data["dead_letters"]
+        assert letter["run_id"] == jobs[3] and letter["sink"] == "dd"
+
+        again = cli("replay", "--dead-letters", "--config", str(config))  # still rejected
+        assert again.returncode == 6 and "1 rejected again" in again.stdout
+        dd.clear_rejections()  # the backend was fixed
+        fixed = cli("replay", "--dead-letters", "--config", str(config))
+        assert fixed.returncode == 0 and "1 delivered, 0 rejected again" in fixed.stdout
+        assert sorted(log["run_id"] for log in dd.stored) == sorted(jobs)
+        data = json.loads(cli("status", "--json", "--dead-letters", "--config", str(config)).stdout)
+        assert data["dead_letters"] == [] and data["sinks"][0]["dead_letters"] == 0
