@@ -8,8 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Literal
 
+import structlog
+
 from sinks.base import Event, SendResult, SinkError
 from sinks.settings import SinkSettings
+
+log = structlog.get_logger(__name__)
+_TAIL_CHUNK = 65536
 
 
 class FileSinkSettings(SinkSettings):
@@ -36,7 +41,8 @@ class FileSink:
             else:
                 directory = os.path.dirname(os.path.abspath(self._path))
                 os.makedirs(directory, exist_ok=True)
-                self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across batches
+                self._file = open(self._path, "ab+")  # noqa: SIM115 - kept open across batches
+                _drop_torn_tail(self._file, self._path)
         return self._file
 
     def send(self, events: Sequence[Event]) -> SendResult:
@@ -47,8 +53,8 @@ class FileSink:
             if self._path != "-":
                 os.fsync(out.fileno())
         except OSError as exc:
-            # A full disk or a vanished directory heals; reopen on the next attempt. A partial
-            # line may have been written: readers should skip a line that does not parse.
+            # A full disk or a vanished directory heals; reopen on the next attempt, which also
+            # removes any partial line this attempt left.
             self.close()
             return SendResult.retry(f"cannot write {self._path}: {exc.strerror or exc}")
         return SendResult.ok(len(events))
@@ -69,3 +75,27 @@ class FileSink:
         if self._file is not None and self._path != "-":
             self._file.close()
         self._file = None
+
+
+def _drop_torn_tail(file: IO[bytes], path: str) -> None:
+    """Truncate a last line without its newline: a write cut short by a crash or a full disk.
+
+    Its event was never acknowledged, so the pipeline sends it again; appending after the
+    fragment instead would glue the next event onto it and make both unreadable."""
+    end = file.seek(0, os.SEEK_END)
+    position = end
+    while position > 0:
+        start = max(0, position - _TAIL_CHUNK)
+        file.seek(start)
+        chunk = file.read(position - start)
+        if position == end and chunk.endswith(b"\n"):
+            return
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            position = start + newline + 1
+            break
+        position = start
+    file.truncate(position)
+    file.flush()
+    os.fsync(file.fileno())
+    log.warning("removed a torn last line left by an interrupted write", path=path, bytes=end - position)
