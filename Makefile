@@ -26,7 +26,7 @@ test: venv lint
 # Minutes, not in CI: 25 kill -9s of the daemon, thousands of property-test schedules, and the
 # soak tests (steady load with faults; memory flat, backlog back to zero).
 soak: venv
-	DUVO_CRASH_KILLS=25 $(PY) -m pytest -q -s tests/test_e2e_daemon.py::test_kill_9_at_random_moments_loses_nothing
+	DUVO_CRASH_KILLS=25 $(PY) -m pytest -q -s tests/test_e2e_daemon.py::test_kill_9_at_random_moments_while_a_sink_flaps_loses_nothing
 	DUVO_PROPERTY_EXAMPLES=3000 $(PY) -m pytest -q tests/test_extraction_properties.py
 	$(PY) -m pytest -q -m soak
 

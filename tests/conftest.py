@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import random
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+import structlog
 
 from exporter.simulator import Simulator, SimulatorOptions
 
@@ -26,6 +33,22 @@ def sim() -> Iterator[Simulator]:
     """A quiet simulator: no generated Jobs, tests create and finish Jobs themselves."""
     with Simulator(SimulatorOptions(jobs_per_second=0.0, requests_per_minute=None)).start() as simulator:
         yield simulator
+
+
+def stable_port() -> int:
+    """A free port below the kernel's ephemeral range, for a backend that must come back on the
+    same port: while it is down, an outgoing connection could otherwise be given its port."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, max(20001, min(low, 32768) - 1))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def sim_faults(simulator: Simulator, **faults: Any) -> dict[str, Any]:
@@ -78,6 +101,32 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def cli_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m exporter ARGS` run in this process (same code path as `cli`, without the ~1 s of
+    interpreter start-up), its stdout/stderr captured. Logging, structlog and signal handlers are
+    restored afterwards so that later tests see the process as it was."""
+    from exporter import logsetup
+    from exporter.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    root = logging.getLogger()
+    level = root.level
+    structlog_config = structlog.get_config()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if logsetup._handler is not None:
+            root.removeHandler(logsetup._handler)
+            logsetup._handler = None
+        root.setLevel(level)
+        structlog.configure(**structlog_config)
+    return subprocess.CompletedProcess(["exporter", *args], code, out.getvalue(), err.getvalue())
 
 
 def exported(path: Path) -> Counter[str]:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import cli, exported, sim_faults, terminal_ids, write_config
+from tests.conftest import cli, exported, sim_faults, stable_port, terminal_ids, write_config
 from tests.fakes.datadog import DatadogFake
 
 STATUSES = ["completed", "failed", "stopped", "interrupted", "pending", "running", "waiting", "starting"]
@@ -113,10 +113,8 @@ def test_5xx_timeouts_and_malformed_bodies_are_survived(sim, tmp_path):
 
 
 def test_a_sink_down_for_several_passes_catches_up_in_order(sim, tmp_path):
-    fake = DatadogFake(api_key="dd-test-key").start()
-    url = fake.url
-    port = int(url.rsplit(":", 1)[1])
-    fake.stop()  # down: connection refused
+    port = stable_port()
+    url = f"http://127.0.0.1:{port}"  # nothing listens yet: connection refused
     sinks = f"""\
 - type: file
   name: local
