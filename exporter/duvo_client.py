@@ -7,17 +7,15 @@ rejected key fails fast. The API key never appears in an exception message or a 
 
 from __future__ import annotations
 
-import email.utils
 import importlib.metadata
 import json
-import math
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -28,7 +26,7 @@ from requests.auth import AuthBase
 
 from exporter import timestamps
 from exporter.logsetup import redact, register_secret
-from exporter.ratelimit import TokenBucket
+from exporter.ratelimit import TokenBucket, retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -174,9 +172,7 @@ class DuvoClient:
             raise ValueError(f"duvo.base_url must be an http(s) URL, got {base_url!r}")
         if not api_key or not _KEY_SHAPE.fullmatch(api_key):
             # Deliberately without the value: it is a secret even when malformed.
-            raise DuvoError(
-                "duvo.api_key is empty or contains whitespace/control characters: check duvo.api_key"
-            )
+            raise DuvoError("duvo.api_key is empty or contains whitespace/control characters: check duvo.api_key")
         if requests_per_minute <= 0:
             raise ValueError("requests_per_minute must be positive")
         if max_attempts < 1:
@@ -276,9 +272,7 @@ class DuvoClient:
                 messages.append(message)
             else:
                 self.stats._add(dropped_rows=1)
-                log.warning(
-                    "duvo.message_dropped", path=path, offset=offset, index=index, reason="not an object"
-                )
+                log.warning("duvo.message_dropped", path=path, offset=offset, index=index, reason="not an object")
         return messages, _usable_total(body)
 
     def close(self) -> None:
@@ -357,9 +351,7 @@ class DuvoClient:
             )
         if status == 429:
             self.stats._add(throttled=1)
-            raise _Retryable(
-                "rate limited (429)", status=status, retry_after=self._retry_after(response.headers)
-            )
+            raise _Retryable("rate limited (429)", status=status, retry_after=self._retry_after(response.headers))
         if status == 408 or status >= 500:
             raise _Retryable(f"HTTP {status}: {self._error_text(response)}", status=status)
         if status == 404:
@@ -422,9 +414,7 @@ class DuvoClient:
         self.stats._add(backoff_sleep_seconds=wait)
         self._sleep(wait)
 
-    def _log_retry(
-        self, path: str, problem: _Retryable, attempt: int, wait: float, source: str, **extra: Any
-    ) -> None:
+    def _log_retry(self, path: str, problem: _Retryable, attempt: int, wait: float, source: str, **extra: Any) -> None:
         self.stats._add(retries=1)
         log.warning(
             "duvo.retry",
@@ -441,23 +431,7 @@ class DuvoClient:
 
     def _retry_after(self, headers: Mapping[str, str]) -> float | None:
         """Seconds the server asked us to wait, or None when the header is absent or unusable."""
-        raw = headers.get("Retry-After")
-        if raw is None:
-            return None
-        raw = raw.strip()
-        try:
-            seconds = float(raw)
-        except ValueError:
-            pass
-        else:
-            return seconds if math.isfinite(seconds) and seconds >= 0 else None
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)  # "-0000" parses naive; HTTP dates are GMT anyway
-        return max(0.0, (when - self._wall_clock()).total_seconds())
+        return retry_after_seconds(headers.get("Retry-After"), self._wall_clock)
 
     def _error_text(self, response: requests.Response) -> str:
         text: str | None = None

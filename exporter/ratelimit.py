@@ -1,10 +1,14 @@
-"""TokenBucket: a thread-safe rate limiter for requests/minute (Duvo) or bytes/second (Loki)."""
+"""Pacing against remote limits: TokenBucket (requests/minute to Duvo, bytes/second to Loki) and
+the one parser of the Retry-After header every HTTP client here honours."""
 
 from __future__ import annotations
 
+import email.utils
+import math
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 
 class TokenBucket:
@@ -60,3 +64,24 @@ class TokenBucket:
             self._refill(now)
             self._updated = max(self._updated, now + seconds)
             self._tokens = min(self._tokens, 1.0)
+
+
+def retry_after_seconds(value: str | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
+    """Seconds a server asked us to wait: delta-seconds or an HTTP date (RFC 9110 10.2.3).
+    None when absent, negative, not finite or unreadable, so the caller falls back to backoff."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # "-0000" parses naive; HTTP dates are GMT anyway
+    return max(0.0, (when - now()).total_seconds())

@@ -8,10 +8,8 @@ blur what the pipeline sees. How an event maps to a log lives in `sinks.datadog_
 
 from __future__ import annotations
 
-import email.utils
 import json
 import socket
-import time
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Literal
@@ -27,6 +25,7 @@ from datadog_api_client.v2.model.http_log import HTTPLog
 from datadog_api_client.v2.model.http_log_item import HTTPLogItem
 from pydantic import Field, SecretStr, field_validator
 
+from exporter.ratelimit import retry_after_seconds
 from sinks import datadog_encode as encode
 from sinks.base import Event, SendResult, SinkError
 from sinks.settings import BatchSettings, SinkSettings, strip_slash
@@ -282,18 +281,9 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
         return None
     lowered = {name.lower(): value for name, value in headers.items()}
     for name in ("x-ratelimit-reset", "retry-after"):
-        value = lowered.get(name)
-        if value is None:
-            continue
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            continue
-        return max(when.timestamp() - time.time(), 0.0)
+        seconds = retry_after_seconds(lowered.get(name))
+        if seconds is not None:
+            return seconds
     return None
 
 

@@ -23,9 +23,7 @@ class FileSinkSettings(SinkSettings):
 
 
 def encode(events: Sequence[Event]) -> bytes:
-    return b"".join(
-        json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for event in events
-    )
+    return b"".join(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for event in events)
 
 
 class FileSink:

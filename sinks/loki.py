@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -23,7 +22,7 @@ import requests
 import structlog
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from exporter.ratelimit import TokenBucket
+from exporter.ratelimit import TokenBucket, retry_after_seconds
 from sinks.base import Event, Rejection, SendResult, SinkError
 from sinks.loki_encode import Encoder, Entry, TimestampField, check_static_labels, push_body
 from sinks.loki_response import map_rejections, parse_reply
@@ -94,24 +93,6 @@ def _one_line(text: str, secrets: Sequence[str]) -> str:
             text = text.replace(secret, "***")
     text = " ".join(text.split())
     return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
-
-
-def retry_after_seconds(value: str | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
-    """Retry-After as seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - now()).total_seconds())
 
 
 # 400 bodies that no resend or bisecting can fix: the configuration (or Loki's) must change.

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+
+from exporter.ratelimit import retry_after_seconds
 
 TOKEN_CODES = frozenset({1, 2, 3, 4, 21, 22})
 CHANNEL_CODES = frozenset({10, 11})
@@ -99,17 +99,5 @@ def _int(value: Any) -> int | None:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    return retry_after_seconds(value)

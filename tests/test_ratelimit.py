@@ -29,3 +29,17 @@ def test_pause_blocks_and_forgets_the_burst():
     start = t.now
     bucket.acquire()
     assert t.now - start >= 0.99  # no saved burst after a pause
+
+
+def test_retry_after_seconds_and_http_dates():
+    from datetime import UTC, datetime
+
+    from exporter.ratelimit import retry_after_seconds
+
+    now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("7", lambda: now) == 7.0
+    assert retry_after_seconds(" 1.5 ", lambda: now) == 1.5
+    assert retry_after_seconds("Sat, 28 Nov 2026 12:00:30 GMT", lambda: now) == 30.0
+    assert retry_after_seconds("Sat, 28 Nov 2026 11:59:00 GMT", lambda: now) == 0.0  # in the past
+    for garbage in (None, "", "soon", "-3", "nan", "inf"):
+        assert retry_after_seconds(garbage, lambda: now) is None
