@@ -8,7 +8,7 @@ the other sinks (each worker has its own thread and its own database connection)
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import random
 import threading
 import time
@@ -18,9 +18,11 @@ from typing import Any
 
 import structlog
 
+from exporter import jsoncodec
+from exporter.logsetup import redact
 from exporter.shaping import EventShaper
 from exporter.state import OutboxEvent, StateStore
-from sinks.base import SendResult, Sink
+from sinks.base import Rejection, SendResult, Sink
 from sinks.settings import SinkSettings
 
 log = structlog.get_logger(__name__)
@@ -78,13 +80,13 @@ class SinkWorker:
             return 0, None
         kept: list[tuple[OutboxEvent, dict[str, Any]]] = []
         for item in batch:
-            event = json.loads(item.body)
+            event = jsoncodec.loads(item.body)
             if self.shaper.accepts(event):
                 kept.append((item, self.shaper.shape(event)))
         if not kept:
             self._advance(batch[-1].seq, delivered=0, filtered=len(batch))
             return len(batch), None
-        result = self.sink.send([event for _, event in kept])
+        result = _redacted(self.sink.send([event for _, event in kept]))
         done = max(0, min(result.done, len(kept)))
         # Everything up to (not including) the first unfinished kept event is finished,
         # filtered events in between included.
@@ -238,7 +240,7 @@ def replay_dead_letters(sink: Sink, settings: SinkSettings, store: StateStore) -
     delivered = still = 0
     for start in range(0, len(letters), settings.batch.max_events):
         chunk = letters[start : start + settings.batch.max_events]
-        result = sink.send([shaper.shape(json.loads(letter.body)) for letter in chunk])
+        result = _redacted(sink.send([shaper.shape(jsoncodec.loads(letter.body)) for letter in chunk]))
         done = min(result.done, len(chunk))
         rejected = {r.index: r.reason for r in result.rejected if r.index < done}
         resolved = [letter.id for i, letter in enumerate(chunk[:done]) if i not in rejected]
@@ -248,3 +250,14 @@ def replay_dead_letters(sink: Sink, settings: SinkSettings, store: StateStore) -
         if result.error and done < len(chunk):
             return delivered, still, result.error
     return delivered, still, None
+
+
+def _redacted(result: SendResult) -> SendResult:
+    """A backend may quote a credential in its error body; reasons are stored in the state file."""
+    if result.error is None and not result.rejected:
+        return result
+    return dataclasses.replace(
+        result,
+        error=redact(result.error) if result.error else None,
+        rejected=tuple(Rejection(r.index, redact(r.reason)) for r in result.rejected),
+    )

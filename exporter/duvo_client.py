@@ -8,7 +8,6 @@ rejected key fails fast. The API key never appears in an exception message or a 
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import random
 import re
 import threading
@@ -24,7 +23,7 @@ import structlog
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from exporter import timestamps
+from exporter import jsoncodec, timestamps
 from exporter.logsetup import redact, register_secret
 from exporter.ratelimit import TokenBucket, retry_after_seconds
 
@@ -204,6 +203,8 @@ class DuvoClient:
         session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         session.auth = _BearerAuth(api_key)
         session.verify = verify
+        # Passed on every request too: REQUESTS_CA_BUNDLE would override session.verify.
+        self._verify = verify
         self._session = session
 
     # -- public API ---------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ class DuvoClient:
             # No redirects: following one could carry the key somewhere unexpected, and the API has
             # no reason to redirect a correct base URL.
             response = self._session.get(
-                self.base_url + path, params=query, timeout=self._timeout, allow_redirects=False
+                self.base_url + path, params=query, timeout=self._timeout, allow_redirects=False, verify=self._verify
             )
         except requests.Timeout as exc:
             self.stats._add(transport_errors=1)
@@ -375,7 +376,7 @@ class DuvoClient:
             )
 
         try:
-            body = json.loads(response.content)
+            body = jsoncodec.loads(response.content)
         except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             self.stats._add(malformed_bodies=1)
             ctype = self._scrub(response.headers.get("Content-Type", "no content type"))
@@ -436,7 +437,7 @@ class DuvoClient:
     def _error_text(self, response: requests.Response) -> str:
         text: str | None = None
         try:
-            body = json.loads(response.content)
+            body = jsoncodec.loads(response.content)
         except (ValueError, RecursionError):
             body = None
         if isinstance(body, dict):

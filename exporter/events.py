@@ -56,8 +56,17 @@ def duration_seconds(started_at: datetime | None, completed_at: datetime | None)
 
 
 def build(
-    run: dict[str, Any], team_id: str, event: str, exported_at: datetime, event_id: str | None = None
+    run: dict[str, Any],
+    team_id: str,
+    event: str,
+    exported_at: str | datetime,
+    event_id: str | None = None,
+    created_at: str | None = None,
 ) -> RunEvent:
+    """Extraction passes ``exported_at`` and ``created_at`` already normalized (formatted once per
+    page and per row: this is the hot path); other callers may pass a datetime."""
+    if isinstance(exported_at, datetime):
+        exported_at = timestamps.format_utc(exported_at)
     run_id = str(run["id"])
     status = str(run.get("status"))
     started = timestamps.parse(run.get("started_at"))
@@ -70,11 +79,11 @@ def build(
         team_id=str(run.get("team_id") or team_id),
         agent_id=str(agent_id) if agent_id is not None else None,
         status=status,
-        created_at=timestamps.normalize(run.get("created_at")),
+        created_at=created_at if created_at is not None else timestamps.normalize(run.get("created_at")),
         started_at=timestamps.format_utc(started) if started else None,
         completed_at=timestamps.format_utc(completed) if completed else None,
         duration_seconds=duration_seconds(started, completed),
         pending_human_request=run.get("pending_human_request"),
         run=run,
-        exported_at=timestamps.format_utc(exported_at),
+        exported_at=exported_at,
     )

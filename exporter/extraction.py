@@ -17,20 +17,19 @@ Correctness rules (see README "How extraction stays correct"):
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from exporter import events as run_events
-from exporter import timestamps
+from exporter import jsoncodec, timestamps
 from exporter.config import ExtractSettings, start_moment
 from exporter.durations import parse_duration
 from exporter.state import KnownRun, RunUpdate, StateStore
@@ -310,7 +309,7 @@ class Extractor:
         if not rows and not gone and checkpoint is None:
             return
         now = self.clock()
-        exported_at = datetime.fromtimestamp(now, tz=timestamps.now().tzinfo)
+        exported_at = timestamps.format_utc(datetime.fromtimestamp(now, tz=UTC))  # once per page
         known = self.store.known_runs([str(row["id"]) for row in rows])
         updates: list[RunUpdate] = []
         events: list[tuple[str, str, str]] = []
@@ -324,7 +323,7 @@ class Extractor:
         report.events += self.store.commit_extraction(team, updates, events, checkpoint, gone=gone, checked_at=now)
 
     def _classify(
-        self, team: str, run: dict[str, Any], known: KnownRun | None, now: float, exported_at: datetime
+        self, team: str, run: dict[str, Any], known: KnownRun | None, now: float, exported_at: str
     ) -> tuple[RunUpdate | None, tuple[str, str, str] | None]:
         if known is not None and known.terminal:
             return None, None  # exported already; a terminal outcome is final
@@ -332,8 +331,8 @@ class Extractor:
         status = run.get("status")
         if not isinstance(status, str) or not status:
             status = "unknown"
-        created = timestamps.normalize(run.get("created_at")) or (known.created_at if known else None)
-        created = created or timestamps.format_utc(exported_at)
+        source_created = timestamps.normalize(run.get("created_at"))
+        created = source_created or (known.created_at if known else None) or exported_at
         event_id: str | None = None
         event_name: str | None = None
         terminal = status in run_events.TERMINAL_STATUSES
@@ -352,8 +351,8 @@ class Extractor:
                     event_name = run_events.EVENT_WAITING
         body: tuple[str, str, str] | None = None
         if event_name is not None and event_id is not None:
-            event = run_events.build(run, team, event_name, exported_at, event_id=event_id)
-            body = (run_id, event_id, json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False))
+            event = run_events.build(run, team, event_name, exported_at, event_id=event_id, created_at=source_created)
+            body = (run_id, event_id, jsoncodec.dumps(event.to_dict()))
         update = RunUpdate(
             run_id=run_id,
             team_id=team,

@@ -251,39 +251,36 @@ class StateStore:
 
         ``events`` are (run_id, event_id, body). Returns the number of events enqueued."""
         now = checked_at if checked_at is not None else time.time()
-        enqueued = 0
+        rows = [
+            (
+                u.run_id,
+                u.team_id,
+                u.created_at,
+                u.status,
+                int(u.terminal),
+                now,
+                now,
+                u.next_check_at,
+                u.last_event_id,
+            )
+            for u in updates
+        ]
+        outbox = [(run_id, event_id, body, now) for run_id, event_id, body in events]
         with self.transaction() as conn:
-            for update in updates:
-                conn.execute(
-                    "INSERT INTO runs(run_id, team_id, created_at, status, terminal, first_seen_at, "
-                    "checked_at, next_check_at, checks, last_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
-                    "ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, "
-                    "terminal = excluded.terminal, checked_at = excluded.checked_at, "
-                    "next_check_at = excluded.next_check_at, checks = runs.checks + 1, "
-                    "last_event_id = coalesce(excluded.last_event_id, runs.last_event_id)",
-                    (
-                        update.run_id,
-                        update.team_id,
-                        update.created_at,
-                        update.status,
-                        int(update.terminal),
-                        now,
-                        now,
-                        update.next_check_at,
-                        update.last_event_id,
-                    ),
-                )
-            for run_id, event_id, body in events:
-                conn.execute(
-                    "INSERT INTO outbox(run_id, event_id, body, enqueued_at) VALUES (?, ?, ?, ?)",
-                    (run_id, event_id, body, now),
-                )
-                enqueued += 1
-            for run_id in gone:
-                conn.execute("DELETE FROM runs WHERE run_id = ? AND terminal = 0", (run_id,))
+            conn.executemany(
+                "INSERT INTO runs(run_id, team_id, created_at, status, terminal, first_seen_at, "
+                "checked_at, next_check_at, checks, last_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, "
+                "terminal = excluded.terminal, checked_at = excluded.checked_at, "
+                "next_check_at = excluded.next_check_at, checks = runs.checks + 1, "
+                "last_event_id = coalesce(excluded.last_event_id, runs.last_event_id)",
+                rows,
+            )
+            conn.executemany("INSERT INTO outbox(run_id, event_id, body, enqueued_at) VALUES (?, ?, ?, ?)", outbox)
+            conn.executemany("DELETE FROM runs WHERE run_id = ? AND terminal = 0", [(run_id,) for run_id in gone])
             if checkpoint is not None:
                 self._advance_checkpoint(conn, team_id, checkpoint)
-        return enqueued
+        return len(outbox)
 
     def postpone_checks(self, run_ids: Sequence[str], next_check_at: float) -> None:
         with self.transaction() as conn:

@@ -1,4 +1,7 @@
-"""ISO-8601 parsing and formatting as the Duvo API needs it: `Z` or offsets, with or without fractions."""
+"""ISO-8601 parsing and formatting as the Duvo API needs it: `Z` or offsets, with or without fractions.
+
+These run several times per Job on the extraction hot path, so the canonical form we write
+(``2026-05-17T10:00:00.123Z``) takes a fast path."""
 
 from __future__ import annotations
 
@@ -10,23 +13,44 @@ def parse(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
+    if text.endswith("z"):
+        text = text[:-1] + "Z"
     try:
-        parsed = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)  # 3.11+: accepts "Z", offsets, fractions
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)  # the API speaks UTC; a naive stamp is read as UTC
-    return parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC)  # the API speaks UTC; a naive stamp is read as UTC
+    return parsed if parsed.utcoffset() == UTC.utcoffset(None) else parsed.astimezone(UTC)
 
 
 def format_utc(moment: datetime) -> str:
     """RFC 3339 in UTC with milliseconds and `Z`: sortable as text, accepted by every backend."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
+        f"{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def _is_canonical(text: str) -> bool:
+    return (
+        len(text) == 24
+        and text[23] == "Z"
+        and text[19] == "."
+        and text[10] == "T"
+        and text[4] == "-"
+        and text[7] == "-"
+        and text[13] == ":"
+        and text[16] == ":"
+    )
 
 
 def normalize(value: object) -> str | None:
+    """The canonical text of a timestamp, or None when it is missing or unreadable."""
+    if isinstance(value, str) and _is_canonical(value) and parse(value) is not None:
+        return value
     parsed = parse(value)
     return format_utc(parsed) if parsed is not None else None
 
