@@ -277,8 +277,11 @@ def _format_errors(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list
     return problems
 
 
+_SECRET_WORDS = ("key", "token", "password", "secret", "auth", "credential")
+
+
 def _looks_secret(loc: tuple[Any, ...]) -> bool:
-    return any(word in str(part).lower() for part in loc for word in ("key", "token", "password", "secret"))
+    return any(word in str(part).lower() for part in loc for word in _SECRET_WORDS)
 
 
 def _validate_sinks(raw: Any, problems: list[str]) -> list[SinkSettings]:

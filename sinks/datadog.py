@@ -9,6 +9,7 @@ blur what the pipeline sees. How an event maps to a log lives in `sinks.datadog_
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
@@ -114,6 +115,9 @@ class DatadogSink:
         self.intake_url = settings.url or f"https://http-intake.logs.{settings.site}"
         self.api_url = settings.url or f"https://api.{settings.site}"
 
+        # Configuration() sets the "urllib3" and "datadog_api_client" loggers to WARNING for the
+        # whole process, which would hide --log-level debug; put them back afterwards.
+        saved_levels = {name: logging.getLogger(name).level for name in ("urllib3", "datadog_api_client")}
         config = Configuration(
             host=settings.url,  # None: the per-operation Datadog servers, chosen by `site`
             api_key={"apiKeyAuth": settings.api_key.get_secret_value()},
@@ -121,6 +125,8 @@ class DatadogSink:
             retry_policy=False,  # urllib3 retries=False: no retries at all, errors raised as they happen
             check_return_type=False,  # a 2xx is delivered whatever its body looks like
         )
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
         # Set after construction: Configuration() lets a DD_SITE environment variable override it.
         config.server_variables["site"] = settings.site
         tls = settings.tls

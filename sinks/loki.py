@@ -294,7 +294,9 @@ class LokiSink:
         url = self._settings.url
         credentials = self._settings.basic_auth is not None or self._settings.bearer_token is not None
         try:
-            ready = self._session.get(url + "/ready", auth=self._auth(), timeout=self._settings.timeout)
+            ready = self._session.get(
+                url + "/ready", auth=self._auth(), timeout=self._settings.timeout, verify=self._verify
+            )
         except requests.RequestException as exc:
             raise SinkError(f"loki sink '{self.name}': cannot reach {url}: {type(exc).__name__}") from None
         if ready.status_code in (401, 403):
@@ -315,6 +317,7 @@ class LokiSink:
                 auth=self._auth(),
                 timeout=self._settings.timeout,
                 allow_redirects=False,
+                verify=self._verify,
             )
         except requests.RequestException as exc:
             raise SinkError(f"loki sink '{self.name}': cannot reach {self._push_url}: {type(exc).__name__}") from None

@@ -62,6 +62,9 @@ class Step:
     drop: bool = False  # read the request, then close the connection without answering
     delay: float = 0.0  # seconds to hang before answering
     path: str = LOGS_PATH
+    # Handle the request normally (the logs are stored), then close the connection without
+    # answering: the client cannot tell it from a request that never arrived.
+    drop_after: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,9 +144,10 @@ class DatadogFake:
         drop: bool = False,
         delay: float = 0.0,
         path: str = LOGS_PATH,
+        drop_after: bool = False,
     ) -> None:
         """Queue what the next ``times`` requests to ``path`` get."""
-        step = Step(status, dict(headers or {}), body, drop, delay, path)
+        step = Step(status, dict(headers or {}), body, drop, delay, path, drop_after)
         with self._lock:
             self._steps.extend([step] * times)
 
@@ -202,6 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
     fake: DatadogFake
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    _drop_after = False  # set by a drop_after step for the request being handled
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
@@ -235,6 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _scripted(self, path: str, request: Request) -> bool:
         """Apply the next scripted step for ``path``; True if it answered (or dropped) the request."""
         step = self.fake._next_step(path)
+        self._drop_after = step is not None and step.drop_after
         if step is None:
             return False
         if step.delay and self.fake._stopping.wait(step.delay):
@@ -291,6 +297,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self._scripted(path, request):
             return
         status, body, stored, request = self._intake(raw, request)
+        if self._drop_after:
+            self._drop_after = False
+            self.fake._record(_with_status(request, None), stored)
+            self._drop()
+            return
         self.fake._record(_with_status(request, status), stored)
         self._answer(status, body)
 

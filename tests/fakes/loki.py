@@ -162,6 +162,9 @@ class Step:
     drop: bool = False  # read the request, then close the connection without answering
     delay: float = 0.0
     path: str = PUSH_PATH
+    # Handle the request normally (the entries are stored), then close the connection without
+    # answering: the client cannot tell it from a request that never arrived.
+    drop_after: bool = False
 
 
 @dataclass
@@ -207,7 +210,9 @@ class FakeLoki:
         max_body_bytes: int | None = None,
         ingestion_rate_bytes: float | None = None,
         ingestion_burst_bytes: float | None = None,
+        port: int = 0,
     ) -> None:
+        self.port = port  # a fixed port lets a test bring a "crashed" Loki back at the same URL
         self.auth_enabled = auth_enabled
         self.basic_auth = basic_auth
         self.bearer_token = bearer_token
@@ -245,7 +250,7 @@ class FakeLoki:
 
     def start(self) -> FakeLoki:
         handler = type("BoundLokiHandler", (_Handler,), {"fake": self})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server
@@ -291,10 +296,11 @@ class FakeLoki:
         drop: bool = False,
         delay: float = 0.0,
         path: str = PUSH_PATH,
+        drop_after: bool = False,
     ) -> None:
         """What the next ``times`` requests to ``path`` get instead of the normal handling."""
         with self._lock:
-            self._steps.extend([Step(status, dict(headers or {}), body, drop, delay, path)] * times)
+            self._steps.extend([Step(status, dict(headers or {}), body, drop, delay, path, drop_after)] * times)
 
     def reject(self, predicate: Callable[[StoredEntry], bool], body: str = "invalid entry") -> None:
         """A push holding an entry matching ``predicate`` is refused whole with a 400 ``body``."""
@@ -591,6 +597,7 @@ class _Handler(BaseHTTPRequestHandler):
     fake: FakeLoki
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    _drop_after = False  # set by a drop_after step for the request being handled
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -615,6 +622,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _scripted(self, path: str, request: Request) -> bool:
         step = self.fake._take_step(path)
+        self._drop_after = step is not None and step.drop_after
         if step is None:
             return False
         if step.delay and self.fake._stopping.wait(step.delay):
@@ -671,6 +679,11 @@ class _Handler(BaseHTTPRequestHandler):
         except _Refusal as refusal:
             self.fake._record(_replace(request, status=refusal.status, answer=refusal.body))
             self._answer(refusal.status, refusal.body)
+            return
+        if self._drop_after:
+            self._drop_after = False
+            self.fake._record(_replace(request, status=None, payload=payload, decoded_bytes=decoded))
+            self.close_connection = True
             return
         self.fake._record(_replace(request, status=status, answer=body, payload=payload, decoded_bytes=decoded))
         self._answer(status, body)

@@ -61,6 +61,9 @@ class Fault:
     delay: float = 0.0  # wait this long before answering
     passthrough: bool = False  # after the delay, handle the request normally
     endpoint: str = "event"
+    # Handle the request normally (the events are stored), then close the connection without
+    # a reply: the client cannot tell it from a request that never arrived.
+    drop_after: bool = False
 
     @classmethod
     def busy(cls, retry_after: float | None = None) -> Fault:
@@ -74,6 +77,10 @@ class Fault:
     @classmethod
     def slow(cls, seconds: float, endpoint: str = "event") -> Fault:
         return cls(delay=seconds, passthrough=True, endpoint=endpoint)
+
+    @classmethod
+    def stored_then_dropped(cls, endpoint: str = "event") -> Fault:
+        return cls(passthrough=True, drop_after=True, endpoint=endpoint)
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,10 @@ class FakeSplunkHec:
         allowed_indexes: set[str] | None = None,
         default_index: str = "main",
         token_disabled: bool = False,
+        port: int = 0,
     ) -> None:
         self.token = token
+        self.port = port  # a fixed port lets a test bring a "crashed" HEC back at the same URL
         self.max_content_length = max_content_length
         self.use_ack = use_ack
         self.allowed_indexes = allowed_indexes
@@ -134,7 +143,7 @@ class FakeSplunkHec:
 
     def start(self) -> FakeSplunkHec:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = _Server(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", self.port), handler)
         # A short poll interval keeps stop() (which waits for the serve loop) fast.
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-splunk-hec", daemon=True
@@ -443,6 +452,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, answer = self._route(path, headers, body)
         except _HecError as error:
             status, answer = error.status, error.body
+        if fault is not None and fault.drop_after:
+            self.close_connection = True
+            return
         self._answer(status, answer)
 
     def _route(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
