@@ -26,9 +26,11 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.fakes.server import LoopbackServer
 
 LOGS_PATH = "/api/v2/logs"
 VALIDATE_PATH = "/api/v1/validate"
@@ -79,58 +81,18 @@ class Request:
     client_port: int = 0  # the same port on two requests: the connection was reused
 
 
-class DatadogFake:
+class DatadogFake(LoopbackServer):
+    thread_name = "datadog-fake"
+
     def __init__(self, api_key: str = "test-api-key", port: int = 0) -> None:
+        super().__init__(port)
         self.api_key = api_key
-        self.port = port  # a fixed port lets a test bring a "crashed" backend back at the same URL
         self.bad_reason = "Invalid log entry"
         self._lock = threading.Lock()
         self._steps: deque[Step] = deque()
         self._bad_run_ids: set[str] = set()
         self._stored: list[dict[str, Any]] = []
         self._requests: list[Request] = []
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._url: str | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> DatadogFake:
-        handler = type("BoundHandler", (_Handler,), {"fake": self})
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        host, port = server.server_address[:2]
-        self._url = f"http://{host}:{port}"  # kept after stop(): tests aim at a closed port with it
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="datadog-fake", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers hanging in a scripted delay
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> DatadogFake:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._url is not None, "not started"
-        return self._url
 
     # -- scripting --------------------------------------------------------------------------
 
@@ -371,3 +333,6 @@ def _replace(request: Request, **changes: Any) -> Request:
 
 def _with_status(request: Request, status: int | None) -> Request:
     return _replace(request, status=status)
+
+
+DatadogFake.handler_class = _Handler

@@ -42,9 +42,11 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.fakes.server import LoopbackServer
 
 PUSH_PATH = "/loki/api/v1/push"
 READY_PATH = "/ready"
@@ -187,7 +189,9 @@ class _Refusal(Exception):
         self.body = body
 
 
-class FakeLoki:
+class FakeLoki(LoopbackServer):
+    thread_name = "loki-fake"
+
     def __init__(
         self,
         *,
@@ -212,7 +216,7 @@ class FakeLoki:
         ingestion_burst_bytes: float | None = None,
         port: int = 0,
     ) -> None:
-        self.port = port  # a fixed port lets a test bring a "crashed" Loki back at the same URL
+        super().__init__(port)
         self.auth_enabled = auth_enabled
         self.basic_auth = basic_auth
         self.bearer_token = bearer_token
@@ -241,48 +245,6 @@ class FakeLoki:
         self._streams: dict[tuple[str, tuple[tuple[str, str], ...]], _StreamState] = {}
         self._entries: list[StoredEntry] = []
         self._requests: list[Request] = []
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._url: str | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> FakeLoki:
-        handler = type("BoundLokiHandler", (_Handler,), {"fake": self})
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        host, port = server.server_address[:2]
-        self._url = f"http://{host}:{port}"
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="loki-fake", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeLoki:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._url is not None, "not started"
-        return self._url
 
     # -- scripting --------------------------------------------------------------------------
 
@@ -705,3 +667,6 @@ def _default_body(status: int) -> str:
 
 def _replace(request: Request, **changes: Any) -> Request:
     return Request(**{**request.__dict__, **changes})
+
+
+FakeLoki.handler_class = _Handler

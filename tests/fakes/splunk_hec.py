@@ -31,8 +31,10 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.server import LoopbackServer
 
 EVENT_PATHS = frozenset({"/services/collector", "/services/collector/event", "/services/collector/event/1.0"})
 ACK_PATH = "/services/collector/ack"
@@ -107,7 +109,9 @@ class _HecError(Exception):
         self.body = body
 
 
-class FakeSplunkHec:
+class FakeSplunkHec(LoopbackServer):
+    thread_name = "fake-splunk-hec"
+
     def __init__(
         self,
         token: str = "fake-hec-token",
@@ -120,7 +124,7 @@ class FakeSplunkHec:
         port: int = 0,
     ) -> None:
         self.token = token
-        self.port = port  # a fixed port lets a test bring a "crashed" HEC back at the same URL
+        super().__init__(port)
         self.max_content_length = max_content_length
         self.use_ack = use_ack
         self.allowed_indexes = allowed_indexes
@@ -136,38 +140,6 @@ class FakeSplunkHec:
         self._next_ack: dict[str, int] = {}
         self._pending_acks: dict[tuple[str, int], int] = {}  # (channel, ackId) -> polls seen
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeSplunkHec:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = _Server(("127.0.0.1", self.port), handler)
-        # A short poll interval keeps stop() (which waits for the serve loop) fast.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-splunk-hec", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeSplunkHec:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     # -- scripting and inspection ----------------------------------------------------------
 
@@ -385,14 +357,6 @@ def _flat_fields(fields: Any) -> bool:
     return True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that gave up (timeout tests) is not a test failure
-
-
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeSplunkHec
     protocol_version = "HTTP/1.1"
@@ -483,3 +447,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+
+
+FakeSplunkHec.handler_class = _Handler
