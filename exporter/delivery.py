@@ -184,35 +184,41 @@ class SinkWorker:
         try:
             while not stop.is_set():
                 try:
-                    finished, result = self.deliver_batch()
-                except Exception as exc:  # a bug or a state error must not kill the thread silently
-                    log.exception("delivery failed unexpectedly", sink=self.name, error=str(exc))
-                    stop.wait(self.backoff(attempt + 1, None))
+                    attempt, delay, fatal = self._run_once(stop, wake, attempt)
+                except Exception as exc:
+                    # A state error (disk full, a lock held too long) or a bug must not end the
+                    # thread while the daemon runs on: back off and try again, like a failed send.
                     attempt += 1
-                    continue
-                if result is None and finished == 0:
-                    self.prune()
-                    wake.wait(self.settings.batch.flush_interval or 1.0)
-                    wake.clear()
-                    continue
-                if result is None or result.error is None:
-                    if attempt:
-                        log.info("sink recovered", sink=self.name)
-                    attempt = 0
-                    self._pace_partial_batch(stop)
-                    continue
-                if result.fatal:
-                    self._stop(result.error)
+                    log.exception("delivery failed unexpectedly; retrying", sink=self.name, error=str(exc))
+                    delay, fatal = self.backoff(attempt, None), False
+                if fatal:
                     return
-                attempt = 0 if finished else attempt + 1
-                self.counters.retries += 1
-                delay = self.backoff(max(attempt, 1), result.retry_after)
-                log.warning(
-                    "sink delivery failed; retrying", sink=self.name, error=result.error, retry_in=round(delay, 2)
-                )
-                stop.wait(delay)
+                if delay:
+                    stop.wait(delay)
         finally:
             self.sink.close()
+
+    def _run_once(self, stop: threading.Event, wake: threading.Event, attempt: int) -> tuple[int, float, bool]:
+        """One step of the daemon loop: (next attempt number, seconds to wait, sink stopped)."""
+        finished, result = self.deliver_batch()
+        if result is None and finished == 0:
+            self.prune()
+            wake.wait(self.settings.batch.flush_interval or 1.0)
+            wake.clear()
+            return 0, 0.0, False
+        if result is None or result.error is None:
+            if attempt:
+                log.info("sink recovered", sink=self.name)
+            self._pace_partial_batch(stop)
+            return 0, 0.0, False
+        if result.fatal:
+            self._stop(result.error)
+            return attempt, 0.0, True
+        attempt = 0 if finished else attempt + 1
+        self.counters.retries += 1
+        delay = self.backoff(max(attempt, 1), result.retry_after)
+        log.warning("sink delivery failed; retrying", sink=self.name, error=result.error, retry_in=round(delay, 2))
+        return attempt, delay, False
 
     def _pace_partial_batch(self, stop: threading.Event) -> None:
         """After sending, let a partial batch fill for up to flush_interval before the next send."""

@@ -163,12 +163,17 @@ class StateStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
-        except BaseException:
+            conn.execute("COMMIT")
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.rollback()
+            if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.IntegrityError | sqlite3.ProgrammingError
+            ):
+                # Disk full, read-only file or directory, a lock held past the timeout: the state
+                # cannot move, so nothing may pretend it did. One clear line, exit code 3.
+                raise StateError(_write_failure(self.path, exc)) from None
             raise
-        else:
-            conn.execute("COMMIT")
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -525,6 +530,17 @@ def _check_and_migrate(conn: sqlite3.Connection, path: str, *, fresh: bool) -> N
         )
     if version < SCHEMA_VERSION:
         raise StateError(f"state file {path} has unknown schema version {version}")
+
+
+def _write_failure(path: str, exc: Exception) -> str:
+    message = str(exc)
+    if "readonly" in message or "read-only" in message:
+        return f"state file {path} is not writable ({message}): check its permissions and its directory's"
+    if "full" in message:
+        return f"state file {path}: the disk is full ({message}); free space and run again, nothing was lost"
+    if "locked" in message:
+        return f"state file {path} is locked by another process ({message}): is a second exporter using it?"
+    return f"state file {path}: cannot write ({message})"
 
 
 def _statements(script: str) -> list[str]:
