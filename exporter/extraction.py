@@ -255,8 +255,12 @@ class Extractor:
                 # Only the anchor came back, so the offset cannot move (a `total` that overstates):
                 # stop rather than spin. A page of re-read rows still moves the offset forward.
                 return True
-            at_end = offset + size >= page.total if page.total is not None else size < self.page_size
-            if at_end:
+            if page.total is not None and offset + size >= page.total:
+                # `total` says this was the last page. A full page leaves room for doubt (a total
+                # that understates): then the listing does not count as complete, so due Jobs it
+                # did not show wait for the next pass instead of being fetched one by one.
+                return size < self.page_size
+            if page.total is None and size < self.page_size:
                 return True
             # Overlap by one row: the next page must start with a row we have consumed.
             offset += size - 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -44,15 +45,21 @@ class FileSink:
         return self._file
 
     def send(self, events: Sequence[Event]) -> SendResult:
+        start: int | None = None
         try:
             out = self._open()
+            if self._path != "-":
+                start = out.seek(0, os.SEEK_END)
             out.write(encode(events))
             out.flush()
             if self._path != "-":
                 os.fsync(out.fileno())
         except OSError as exc:
-            # A full disk or a vanished directory heals; reopen on the next attempt, which also
-            # removes any partial line this attempt left.
+            # A full disk or a vanished directory heals. Cut what this attempt wrote, so the
+            # retry does not repeat the lines that did fit; reopening also drops a torn tail.
+            if start is not None and self._file is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._file.truncate(start)
             self.close()
             return SendResult.retry(f"cannot write {self._path}: {exc.strerror or exc}")
         return SendResult.ok(len(events))

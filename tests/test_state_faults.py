@@ -353,7 +353,7 @@ def test_full_disk_under_the_file_sink_keeps_the_backlog(sim, tmp_path):
         counts = assert_each_terminal_job_once(sim, out)
         repeats = sum(count - 1 for count in counts.values())
         print(f"\nfile sink on a full disk: {len(counts)} Jobs, {repeats} repeated (batch {batch})")
-        assert repeats <= batch
+        assert repeats == 0  # a failed write is cut back, so the retry repeats nothing
         status = json.loads(cli_in_process("status", "--json", "--config", str(config)).stdout)
         assert [sink["backlog"] for sink in status["sinks"]] == [0]
         assert status["outbox"]["events"] == 0  # pruned once the only sink had everything
