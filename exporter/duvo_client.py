@@ -190,9 +190,12 @@ class DuvoClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._wall_clock = wall_clock
-        rate = requests_per_minute / 60.0
-        # A burst of one second's worth keeps spend smooth for the other users of the key.
-        self.bucket = TokenBucket(rate, max(1.0, rate), clock=clock, sleep=sleep)
+        # A burst of one second's worth keeps spend smooth for the other users of the key. The API
+        # counts a sliding 60 s window, so rate x 60 + burst must stay within the budget: a full
+        # rate plus the burst on top would draw 429s.
+        burst = max(1.0, requests_per_minute / 60.0)
+        rate = max(requests_per_minute - burst, requests_per_minute / 2) / 60.0
+        self.bucket = TokenBucket(rate, burst, clock=clock, sleep=sleep)
         self.stats = ClientStats()
 
         session = requests.Session()
@@ -202,6 +205,11 @@ class DuvoClient:
         session.mount("http://", adapter)
         session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         session.auth = _BearerAuth(api_key)
+        # Proxy settings (HTTP(S)_PROXY, NO_PROXY) are read once here: with trust_env requests
+        # re-reads the environment on every request (~1 ms each), and ~/.netrc could replace the
+        # Authorization header.
+        session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        session.trust_env = False
         session.verify = verify
         # Passed on every request too: REQUESTS_CA_BUNDLE would override session.verify.
         self._verify = verify

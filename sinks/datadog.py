@@ -22,8 +22,6 @@ from datadog_api_client.exceptions import ApiException
 from datadog_api_client.v1.api.authentication_api import AuthenticationApi
 from datadog_api_client.v2.api.logs_api import LogsApi
 from datadog_api_client.v2.model.content_encoding import ContentEncoding
-from datadog_api_client.v2.model.http_log import HTTPLog
-from datadog_api_client.v2.model.http_log_item import HTTPLogItem
 from pydantic import Field, SecretStr, field_validator
 
 from exporter.ratelimit import retry_after_seconds
@@ -124,6 +122,9 @@ class DatadogSink:
             request_timeout=settings.timeout,  # total per request: connect + send + wait for the answer
             retry_policy=False,  # urllib3 retries=False: no retries at all, errors raised as they happen
             check_return_type=False,  # a 2xx is delivered whatever its body looks like
+            # Logs go in as plain dicts: building HTTPLogItem models and serialising them back
+            # cost ~80% of this sink's CPU (measured: 3,180 -> 6,781 Jobs/s/core without them).
+            check_input_type=False,
         )
         for name, level in saved_levels.items():
             logging.getLogger(name).setLevel(level)
@@ -143,7 +144,7 @@ class DatadogSink:
         self._auth = AuthenticationApi(self._client)
         # id(event) -> encoded log (or why it cannot be encoded), for the duration of one send():
         # bisecting re-posts the same events and should not re-encode them.
-        self._encoded: dict[int, tuple[HTTPLogItem, int] | str] = {}
+        self._encoded: dict[int, tuple[dict[str, Any], int] | str] = {}
 
     # -- Sink ---------------------------------------------------------------------------------
 
@@ -176,14 +177,14 @@ class DatadogSink:
 
     # -- one request --------------------------------------------------------------------------
 
-    def _encode(self, event: Event) -> tuple[HTTPLogItem, int] | str:
+    def _encode(self, event: Event) -> tuple[dict[str, Any], int] | str:
         cached = self._encoded.get(id(event))
         if cached is not None:
             return cached
         try:
             entry = encode.to_log(event, service=self._service, hostname=self._hostname, tags=self._tags)
             entry, size = encode.fit(entry)
-            result: tuple[HTTPLogItem, int] | str = (HTTPLogItem(**entry, _check_type=False), size)
+            result: tuple[dict[str, Any], int] | str = (entry, size)
         except (TypeError, ValueError, AttributeError, RecursionError) as exc:  # not JSON: NaN, sets, ...
             result = f"cannot encode event as a Datadog log: {_one_line(exc)}"
         self._encoded[id(event)] = result
@@ -192,7 +193,7 @@ class DatadogSink:
     def _post(self, events: Sequence[Event]) -> Verdict:
         if len(events) > encode.MAX_ENTRIES:
             return Verdict(Kind.TOO_LARGE, f"{len(events)} logs, over Datadog's {encode.MAX_ENTRIES} per request")
-        items: list[HTTPLogItem] = []
+        items: list[dict[str, Any]] = []
         sizes: list[int] = []
         for index, event in enumerate(events):
             encoded = self._encode(event)
@@ -204,7 +205,7 @@ class DatadogSink:
         if total > encode.MAX_PAYLOAD_BYTES and len(items) > 1:
             return Verdict(Kind.TOO_LARGE, f"{total} bytes, over Datadog's 5 MB per request")
         try:
-            self._logs.submit_log(body=HTTPLog(items, _check_type=False), **self._encoding)
+            self._logs.submit_log(body=items, **self._encoding)  # type: ignore[arg-type]
         except ApiException as exc:
             return self._classify(exc)
         except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -452,13 +452,14 @@ def test_every_attempt_takes_a_token(server: FakeDuvo, fake_time: FakeTime, monk
 
 
 def test_requests_are_paced_at_the_configured_rate(server: FakeDuvo, fake_time: FakeTime) -> None:
-    client = make_client(server.url, fake_time, requests_per_minute=120)  # 2/s, burst 2
+    client = make_client(server.url, fake_time, requests_per_minute=120)  # burst 2, rate (120-2)/min
     server.reply(*(Reply(body={"data": [], "total": 0}) for _ in range(10)))
     start = fake_time.now
     for _ in range(10):
         client.list_runs(TEAM)
-    assert fake_time.now - start == pytest.approx(4.0)  # 8 requests beyond the burst at 2/s
-    assert client.stats.rate_limit_sleep_seconds == pytest.approx(4.0)
+    expected = 8 / (118 / 60)  # 8 requests beyond the burst; rate x 60 + burst = the budget
+    assert fake_time.now - start == pytest.approx(expected)
+    assert client.stats.rate_limit_sleep_seconds == pytest.approx(expected)
 
 
 # -- transient failures -----------------------------------------------------------------------------

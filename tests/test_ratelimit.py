@@ -43,3 +43,26 @@ def test_retry_after_seconds_and_http_dates():
     assert retry_after_seconds("Sat, 28 Nov 2026 11:59:00 GMT", lambda: now) == 0.0  # in the past
     for garbage in (None, "", "soon", "-3", "nan", "inf"):
         assert retry_after_seconds(garbage, lambda: now) is None
+
+
+def test_no_60s_window_exceeds_requests_per_minute():
+    """The API counts a sliding 60 s window: the bucket's burst must fit inside the budget."""
+    from bisect import bisect_left
+
+    from exporter.duvo_client import DuvoClient
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    client = DuvoClient(
+        "http://127.0.0.1:9/v2", "dv_test", requests_per_minute=3000, sleep=sleep, clock=lambda: now[0]
+    )
+    grants = []
+    while now[0] < 120:
+        client.bucket.acquire()
+        grants.append(now[0])
+    worst = max(bisect_left(grants, t + 60) - i for i, t in enumerate(grants))
+    assert worst <= 3000, f"{worst} requests in one 60 s window"
+    assert worst >= 0.95 * 3000  # and the budget is still used
