@@ -343,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last line of defence: one line, no traceback unless asked
-        log.exception("internal error") if args.log_level == "debug" else None
+        if args.log_level == "debug":
+            log.exception("internal error")
         _error(f"internal error: {type(exc).__name__}: {exc}")
         return exitcodes.INTERNAL
 

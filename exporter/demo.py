@@ -64,8 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
             # A final sweep: re-check every open Job now, then compare with the simulator's truth.
             truth_at = simulator.world.jobs()
             exporter.store.make_all_open_due()
-            exporter.extract(stop)
-            exporter.join_workers(0)  # wake them
+            exporter.extract(stop)  # also wakes the sink workers
             _wait_drained(exporter, timeout=15.0)
         finally:
             stop.set()

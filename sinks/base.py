@@ -17,6 +17,12 @@ from typing import Any, Protocol
 Event = Mapping[str, Any]
 
 
+def one_line(value: object, limit: int = 300) -> str:
+    """A backend's words as one line of at most ``limit`` characters, for errors and reasons."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class SinkError(Exception):
     """A one-line, secret-free reason a sink cannot be built or is unhealthy."""
 

@@ -26,7 +26,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from exporter.ratelimit import retry_after_seconds
 from sinks import datadog_encode as encode
-from sinks.base import Event, SendResult, SinkError
+from sinks.base import Event, SendResult, SinkError, one_line
 from sinks.settings import BatchSettings, SinkSettings, strip_slash
 from sinks.splitting import Kind, Verdict, send_splitting
 
@@ -162,12 +162,12 @@ class DatadogSink:
             if exc.status in _KEY_STATUSES:
                 raise SinkError(self._key_message(exc)) from None
             if not exc.status:
-                raise SinkError(f"cannot reach Datadog at {self.api_url}: {_one_line(exc.reason)}") from None
+                raise SinkError(f"cannot reach Datadog at {self.api_url}: {one_line(exc.reason)}") from None
             raise SinkError(f"Datadog key validation at {self.api_url} failed: {_describe(exc)}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SinkError(f"cannot reach Datadog at {self.api_url}: {_one_line(exc)}") from None
+            raise SinkError(f"cannot reach Datadog at {self.api_url}: {one_line(exc)}") from None
         except Exception as exc:  # the client library's own errors; never let one escape raw
-            raise SinkError(f"Datadog key validation failed: {type(exc).__name__}: {_one_line(exc)}") from None
+            raise SinkError(f"Datadog key validation failed: {type(exc).__name__}: {one_line(exc)}") from None
         valid = answer.get("valid") if hasattr(answer, "get") else None
         if valid is not True:
             raise SinkError(f"Datadog did not confirm the API key of sinks[{self.name}] (answer: {valid!r})")
@@ -186,7 +186,7 @@ class DatadogSink:
             entry, size = encode.fit(entry)
             result: tuple[dict[str, Any], int] | str = (entry, size)
         except (TypeError, ValueError, AttributeError, RecursionError) as exc:  # not JSON: NaN, sets, ...
-            result = f"cannot encode event as a Datadog log: {_one_line(exc)}"
+            result = f"cannot encode event as a Datadog log: {one_line(exc)}"
         self._encoded[id(event)] = result
         return result
 
@@ -211,17 +211,17 @@ class DatadogSink:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # Refused, reset, timed out, or dropped after the request went out without an answer:
             # nothing is known to be stored, so all of it is sent again (at-least-once).
-            return Verdict(Kind.RETRY, f"cannot reach Datadog at {self.intake_url}: {_one_line(exc)}")
+            return Verdict(Kind.RETRY, f"cannot reach Datadog at {self.intake_url}: {one_line(exc)}")
         except Exception as exc:
             # The client library refusing to build the request. Retrying keeps the events; treating
             # it as bad data could dead-letter a whole batch for a problem that is not theirs.
-            return Verdict(Kind.RETRY, f"datadog-api-client failed: {type(exc).__name__}: {_one_line(exc)}")
+            return Verdict(Kind.RETRY, f"datadog-api-client failed: {type(exc).__name__}: {one_line(exc)}")
         return Verdict(Kind.OK)
 
     def _classify(self, exc: ApiException) -> Verdict:
         status = exc.status or 0
         if status == 0:  # the client's wrapping of a TLS failure
-            return Verdict(Kind.RETRY, f"cannot reach Datadog at {self.intake_url}: {_one_line(exc.reason)}")
+            return Verdict(Kind.RETRY, f"cannot reach Datadog at {self.intake_url}: {one_line(exc.reason)}")
         if status in _KEY_STATUSES:
             return Verdict(Kind.FATAL, self._key_message(exc))
         if status == 413:
@@ -243,7 +243,7 @@ class DatadogSink:
 
 def _status_line(exc: ApiException) -> str:
     """``403 Forbidden``; the standard phrase when the answer carried none (HTTP/2 proxies)."""
-    reason = _one_line(exc.reason or "")
+    reason = one_line(exc.reason or "")
     if not reason:
         try:
             reason = HTTPStatus(exc.status).phrase
@@ -265,7 +265,7 @@ def _errors(body: Any) -> str:
         try:
             body = json.loads(body)
         except ValueError:
-            return _one_line(body if isinstance(body, str) else body.decode("utf-8", "replace"))
+            return one_line(body if isinstance(body, str) else body.decode("utf-8", "replace"))
     if not isinstance(body, Mapping):
         return ""
     errors = body.get("errors")
@@ -278,7 +278,7 @@ def _errors(body: Any) -> str:
             parts.append(": ".join(pieces) or json.dumps(error))
         else:
             parts.append(str(error))
-    return _one_line("; ".join(parts))
+    return one_line("; ".join(parts))
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -292,8 +292,3 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
         if seconds is not None:
             return seconds
     return None
-
-
-def _one_line(value: Any, limit: int = 300) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

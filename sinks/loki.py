@@ -23,7 +23,7 @@ import structlog
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from exporter.ratelimit import TokenBucket, retry_after_seconds
-from sinks.base import Event, Rejection, SendResult, SinkError
+from sinks.base import Event, Rejection, SendResult, SinkError, one_line
 from sinks.loki_encode import Encoder, Entry, TimestampField, check_static_labels, push_body
 from sinks.loki_response import map_rejections, parse_reply
 from sinks.settings import BatchSettings, HttpSinkSettings, StrictModel, secret_value
@@ -87,12 +87,11 @@ class LokiSinkSettings(HttpSinkSettings):
         return self
 
 
-def _one_line(text: str, secrets: Sequence[str]) -> str:
+def _masked_line(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    text = " ".join(text.split())
-    return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
+    return one_line(text, _REASON_LIMIT)
 
 
 # 400 bodies that no resend or bisecting can fix: the configuration (or Loki's) must change.
@@ -227,7 +226,7 @@ class LokiSink:
         return self._classify(response, labels, entries)
 
     def _clean(self, text: str) -> str:
-        return _one_line(text, self._secrets)
+        return _masked_line(text, self._secrets)
 
     def _classify(self, response: requests.Response, labels: dict[str, str], entries: Sequence[Entry]) -> Verdict:
         status = response.status_code

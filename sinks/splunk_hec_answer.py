@@ -25,6 +25,7 @@ from typing import Any
 import requests
 
 from exporter.ratelimit import retry_after_seconds
+from sinks.base import one_line
 
 TOKEN_CODES = frozenset({1, 2, 3, 4, 21, 22})
 CHANNEL_CODES = frozenset({10, 11})
@@ -37,15 +38,10 @@ NO_DATA_CODE = 5
 HEALTHY_CODE = 17
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def describe_exception(exc: BaseException) -> str:
     """A short, secret-free account of a transport failure (requests' texts name host and path,
     never headers, so the token cannot appear)."""
-    return _one_line(f"{type(exc).__name__}: {exc}", 300)
+    return one_line(f"{type(exc).__name__}: {exc}", 300)
 
 
 @dataclass(frozen=True)
@@ -71,14 +67,14 @@ class HecAnswer:
         acks = fields.get("acks")
         return cls(
             status=response.status_code,
-            reason=_one_line(response.reason or ""),
+            reason=one_line(response.reason or "", 200),
             code=_int(fields.get("code")),
-            text=_one_line(str(fields["text"])) if isinstance(fields.get("text"), str) else None,
+            text=one_line(str(fields["text"]), 200) if isinstance(fields.get("text"), str) else None,
             invalid_event=_int(fields.get("invalid-event-number")),
             ack_id=_int(fields.get("ackId")),
             acks=acks if isinstance(acks, dict) else None,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            location=_one_line(response.headers["Location"]) if response.headers.get("Location") else None,
+            location=one_line(response.headers["Location"], 200) if response.headers.get("Location") else None,
         )
 
     def label(self) -> str:
