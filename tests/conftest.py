@@ -35,6 +35,39 @@ def sim() -> Iterator[Simulator]:
         yield simulator
 
 
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def _reachable_by_nobody() -> Iterator[None]:
+    """Grant traverse permission on the folders above this checkout and the interpreter for as
+    long as an unprivileged subprocess runs: a clone under `mktemp -d` sits in a 0700 folder."""
+    import stat
+
+    folders = {ROOT, *ROOT.parents, *Path(os.path.realpath(sys.executable)).parents}
+    changed: list[tuple[Path, int]] = []
+    for folder in folders:
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(folder, mode | stat.S_IXOTH)
+            changed.append((folder, mode))
+    try:
+        yield
+    finally:
+        for folder, mode in changed:
+            os.chmod(folder, stat.S_IMODE(mode))
+
+
+def run_unprivileged(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` as nobody when we are root (root ignores file permissions)."""
+    if os.geteuid() != 0:
+        return subprocess.run(command, **kwargs)
+    with _reachable_by_nobody():
+        return subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command], **kwargs
+        )
+
+
 def stable_port() -> int:
     """A free port below the kernel's ephemeral range, for a backend that must come back on the
     same port: while it is down, an outgoing connection could otherwise be given its port."""

@@ -76,9 +76,10 @@ def test_directory_and_missing_file(tmp_path):
 def test_read_only_directory_is_a_clear_error():
     """Run as an unprivileged user (root ignores permissions): a clear StateError, no file."""
     import shutil
-    import subprocess
     import sys
     import tempfile
+
+    from tests.conftest import run_unprivileged
 
     directory = tempfile.mkdtemp(prefix="ro-state-")
     try:
@@ -90,11 +91,8 @@ def test_read_only_directory_is_a_clear_error():
             "except StateError as exc:\n"
             "    print(exc)\n"
         )
-        command = [sys.executable, "-c", code]
-        if os.geteuid() == 0:
-            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=root)
+        result = run_unprivileged([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
         assert "cannot create state file" in result.stdout, result.stderr
         assert not os.path.exists(directory + "/s.db")
     finally:

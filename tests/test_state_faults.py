@@ -28,9 +28,18 @@ import pytest
 from exporter.delivery import SinkWorker
 from exporter.state import SCHEMA_VERSION, StateStore
 from sinks.file import FileSink, FileSinkSettings
-from tests.conftest import ROOT, TERMINAL, cli, cli_in_process, exported, terminal_ids, write_config
+from tests.conftest import (
+    NOBODY,
+    ROOT,
+    TERMINAL,
+    cli,
+    cli_in_process,
+    exported,
+    run_unprivileged,
+    terminal_ids,
+    write_config,
+)
 
-NOBODY = 65534
 COMMANDS = ("once", "run", "status")
 
 
@@ -130,9 +139,7 @@ def world_readable_dir() -> Iterator[Path]:
 
 def unprivileged_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "exporter", *args]
-    if os.geteuid() == 0:
-        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return run_unprivileged(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def give_away(*paths: Path) -> None:
