@@ -74,7 +74,8 @@ class Churn(threading.Thread):
 
     def run(self) -> None:
         world = self.sim.world
-        while not self.halt.wait(self.every):
+        # Act first, then wait: on a fast machine a whole `once` can end within one period.
+        while True:
             for _ in range(self.rng.randint(1, 2)):
                 status = self.rng.choice(OPEN + FINAL)
                 job = world.create_job(team_id="team-sim", status=status)
@@ -84,6 +85,8 @@ class Churn(threading.Thread):
             for _ in range(min(len(self.open), self.rng.randint(1, 2))):
                 world.set_status(self.open.pop(self.rng.randrange(len(self.open))), self.rng.choice(FINAL))
                 self.finished += 1
+            if self.halt.wait(self.every):
+                return
 
     def stop(self) -> None:
         self.halt.set()
