@@ -36,8 +36,10 @@ WARMUP_HOURS = 1.0
 TARGET = 1.5  # requests per 100 exported Jobs
 VARIANTS: dict[str, dict[str, Any]] = {
     "exporter": {},
-    # The same exporter with re-checks spaced out (a knob, traded against freshness).
-    "exporter_recheck_30m": {"extract": "recheck: {min_interval: 30m}\n"},
+    # Without the sweep: open Jobs only on the age schedule (the default before the sweep).
+    "exporter_no_sweep": {"extract": "recheck: {sweep_pages: 0}\n"},
+    # Re-checks spaced out (a knob, traded against freshness).
+    "exporter_recheck_30m": {"extract": "recheck: {sweep_pages: 0, min_interval: 30m}\n"},
     "recheck_all_by_get": {"recheck_all": True},
 }
 
@@ -63,7 +65,7 @@ def _exporter_variant(
     folder = fresh_dir(f"efficiency-{name}")
     try:
         if recheck_all:
-            extract = "recheck: {min_interval: 0s, max_interval: 0s}\n"
+            extract = "recheck: {sweep_pages: 0, min_interval: 0s, max_interval: 0s}\n"
         config = write_config(
             folder,
             simulator.call("url"),
@@ -76,12 +78,20 @@ def _exporter_variant(
         exporter.extractor.clock = lambda: now[0]
         if recheck_all:
             # Every due open Job by GET, never by re-listing its window.
-            exporter.extractor._plan = lambda team, due, checkpoint: len(due)  # type: ignore[method-assign]
+            exporter.extractor._plan = lambda team, due, checkpoint, listing_cost=0: len(due)  # type: ignore[method-assign]
         per_pass = []
         for index in range(passes):
             now[0] = simulator.call("advance", INTERVAL)
             report = exporter.extract(threading.Event())
-            per_pass.append({"pass": index, "pages": report.pages, "gets": report.gets, "events": report.events})
+            per_pass.append(
+                {
+                    "pass": index,
+                    "pages": report.pages,
+                    "sweep_pages": report.sweep_pages,
+                    "gets": report.gets,
+                    "events": report.events,
+                }
+            )
         measured = per_pass[warmup:]
         requests = sum(p["pages"] + p["gets"] for p in measured)
         events = sum(p["events"] for p in measured)
@@ -97,6 +107,7 @@ def _exporter_variant(
         return {
             "requests": requests,
             "pages": sum(p["pages"] for p in measured),
+            "sweep_pages": sum(p["sweep_pages"] for p in measured),
             "gets": sum(p["gets"] for p in measured),
             "exported": events,
             "per_100": 100 * requests / max(1, events),

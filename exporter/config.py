@@ -136,8 +136,11 @@ class StateSettings(StrictModel):
 
 
 class RecheckSettings(StrictModel):
-    """When open Jobs are looked at again: after age x factor, clamped to [min, max]."""
+    """How open Jobs are looked at again. Each pass lists the open statuses (the sweep) for the
+    newest open Jobs, up to ``sweep_pages`` requests, and fetches any that left them; the rest
+    are re-checked after age x factor, clamped to [min, max]."""
 
+    sweep_pages: int = Field(default=20, ge=0, le=10_000)  # 0 = no sweep, age schedule only
     min_interval: str = "0s"
     max_interval: str = "1h"
     age_factor: float = Field(default=0.25, ge=0, le=10)

@@ -39,7 +39,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
 MAX_PAGE_SIZE = 100  # the API's own cap on `limit`
 _ERROR_TEXT_LIMIT = 200
 _POOL_SIZE = 10  # concurrent requests per process; the rate limit, not the pool, is the real bound
-_LIST_RESERVED_PARAMS = frozenset({"limit", "offset", "since", "sort_by", "sort_order"})
+_LIST_RESERVED_PARAMS = frozenset({"limit", "offset", "since", "sort_by", "sort_order", "status"})
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Printable ASCII without spaces. Rejecting anything else up front keeps requests from echoing a
 # bad key back in its "invalid header value" exception text.
@@ -225,9 +225,10 @@ class DuvoClient:
         offset: int = 0,
         limit: int = 100,
         sort_order: str = "asc",
+        status: str | None = None,
         params: Mapping[str, str] | None = None,
     ) -> RunPage:
-        """One page of a team's Jobs, always sorted by ``created_at``."""
+        """One page of a team's Jobs, always sorted by ``created_at``; only those in ``status`` if given."""
         _check_page(offset, limit)
         if sort_order not in ("asc", "desc"):
             raise ValueError(f"sort_order must be 'asc' or 'desc', got {sort_order!r}")
@@ -240,6 +241,8 @@ class DuvoClient:
         query["offset"] = str(offset)
         if since is not None:
             query["since"] = since
+        if status is not None:
+            query["status"] = status
         path = f"/teams/{_segment(team_id, 'team_id')}/runs"
         body = self._get(path, query, _runs_shape)
         rows = body["data"]

@@ -11,8 +11,10 @@ Correctness rules (see README "How extraction stays correct"):
   exclusive or second-precise cannot make us skip a Job.
 - Each page's events, run updates and checkpoint are committed in one transaction. The
   checkpoint only ever names a created_at up to which everything has been consumed.
-- Open (non-terminal) Jobs are remembered and re-checked when due, older ones less often; per
-  pass we choose the cheaper mix of re-listing the window that holds them and GET /runs/{id}.
+- Open (non-terminal) Jobs are remembered. Each pass lists the open statuses from the oldest
+  of them (the sweep, exporter/sweep.py): a Job missing from every list has changed and is
+  fetched. Open Jobs beyond the sweep's cap are re-checked when due, older ones less often. Per
+  fetch we choose the cheaper mix of re-listing the window that holds them and GET /runs/{id}.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from exporter import events as run_events
 from exporter import jsoncodec, timestamps
 from exporter.config import ExtractSettings, start_moment
 from exporter.durations import parse_duration
+from exporter.duvo_client import DuvoError
 from exporter.state import KnownRun, RunUpdate, StateStore
+from exporter.sweep import SweepPlan, plan_sweep
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +50,14 @@ class RunPageLike(Protocol):
 
 class DuvoSource(Protocol):
     def list_runs(
-        self, team_id: str, *, since: str | None = None, offset: int = 0, limit: int = 100, sort_order: str = "asc"
+        self,
+        team_id: str,
+        *,
+        since: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+        sort_order: str = "asc",
+        status: str | None = None,
     ) -> RunPageLike: ...
 
     def get_run(self, run_id: str) -> dict[str, Any] | None: ...
@@ -54,7 +65,8 @@ class DuvoSource(Protocol):
 
 @dataclass
 class PassReport:
-    pages: int = 0
+    pages: int = 0  # list requests, sweep pages included
+    sweep_pages: int = 0  # status-filtered list requests that vouch for open Jobs
     gets: int = 0
     runs_seen: int = 0
     events: int = 0
@@ -101,6 +113,7 @@ class Extractor:
         self.recheck_min = parse_duration(settings.recheck.min_interval)
         self.recheck_max = parse_duration(settings.recheck.max_interval)
         self._warned_statuses: set[str] = set()
+        self._sweep_refused = False  # the API rejected a status filter: age schedule only from then on
         self._stop: threading.Event | None = None
         self._budget: int | None = None
 
@@ -140,29 +153,40 @@ class Extractor:
 
     def _pass_team(self, team: str, report: PassReport) -> None:
         checkpoint = self._checkpoint(team)
-        due = self.store.due_open_runs(team, self.clock())
-        split = self._plan(team, due, checkpoint)
-        window_start = checkpoint
-        if split < len(due) and (checkpoint is None or due[split].created_at < checkpoint):
-            window_start = due[split].created_at
+        sweep = self._plan_sweep(team) if checkpoint is not None else None
+        covered = sweep.covered if sweep is not None else {}
+        # Jobs the sweep vouches for skip the age schedule: the sweep looks at them anyway.
+        due = [run for run in self.store.due_open_runs(team, self.clock()) if run.run_id not in covered]
+        try:
+            # New Jobs first (with the due re-checks this listing can carry), then the sweep, then
+            # whatever the sweep found changed: a per-pass budget is spent on new Jobs first.
+            self._catch_up(team, due, checkpoint, report, list_new=True)
+            if sweep is not None:
+                changed = self._sweep(team, sweep, report)
+                if changed:
+                    self._catch_up(team, changed, self.store.checkpoint(team), report, list_new=False)
+        finally:
+            self._prune(team)
+
+    def _catch_up(
+        self, team: str, due: Sequence[KnownRun], checkpoint: str | None, report: PassReport, *, list_new: bool
+    ) -> None:
+        """Look at ``due`` (oldest first) by GET or by extending a listing back to them, whichever
+        costs fewer requests; with ``list_new`` the listing from the checkpoint happens regardless."""
+        split = self._plan(team, due, checkpoint, listing_cost=0 if list_new else 1)
         by_get = list(due[:split])
         listed_due = {run.run_id: run for run in due[split:]}
         if by_get or listed_due:
-            log.debug(
-                "re-checking open jobs",
-                team_id=team,
-                by_listing=len(listed_due),
-                by_get=len(by_get),
-                window_start=window_start,
-            )
-        try:
-            complete = self._list(team, window_start, report, listed_due)
-        finally:
-            self._prune(team)
-        # Due Jobs the listing did not show (deleted, or `since` means something else than we
-        # think) are asked for one by one, so an outcome can never hide.
-        if complete:
-            by_get.extend(listed_due.values())
+            log.debug("re-checking open jobs", team_id=team, by_listing=len(listed_due), by_get=len(by_get))
+        if list_new or listed_due:
+            window_start = checkpoint
+            if listed_due and (checkpoint is None or due[split].created_at < checkpoint):
+                window_start = due[split].created_at
+            complete = self._list(team, window_start, report, listed_due, until_found=not list_new)
+            # Due Jobs the listing did not show (deleted, or `since` means something else than we
+            # think) are asked for one by one, so an outcome can never hide.
+            if complete:
+                by_get.extend(listed_due.values())
         if by_get:
             self._recheck(team, by_get, report)
 
@@ -176,9 +200,10 @@ class Extractor:
                 log.info("first pass for team; starting from", team_id=team, start_from=checkpoint)
         return checkpoint
 
-    def _plan(self, team: str, due: Sequence[KnownRun], checkpoint: str | None) -> int:
+    def _plan(self, team: str, due: Sequence[KnownRun], checkpoint: str | None, listing_cost: int = 0) -> int:
         """How many of the due Jobs (oldest first) to fetch one by one; the rest are covered by
-        extending the listing back to the oldest of them. Minimises requests."""
+        extending the listing back to the oldest of them. Minimises requests. ``listing_cost`` is
+        what a listing costs beyond its rows before the checkpoint (0 when it is read anyway)."""
         if not due or checkpoint is None:
             return 0
         candidates = sorted({*range(0, len(due), max(1, len(due) // 32)), len(due)})
@@ -188,7 +213,7 @@ class Extractor:
                 continue
             start = self._since(due[k].created_at)
             extra_rows = self.store.count_runs_between(team, start or "", checkpoint)
-            cost = k + math.ceil(extra_rows / self.page_size)
+            cost = k + listing_cost + math.ceil(extra_rows / self.page_size)
             if cost <= best_cost:
                 best, best_cost = k, cost
         return best
@@ -202,8 +227,21 @@ class Extractor:
 
     # ---- listing -----------------------------------------------------------------------------
 
-    def _list(self, team: str, start: str | None, report: PassReport, listed_due: dict[str, KnownRun]) -> bool:
-        """Read the team's Jobs created since ``start``; True when the listing reached its end."""
+    def _list(
+        self,
+        team: str,
+        start: str | None,
+        report: PassReport,
+        listed_due: dict[str, KnownRun],
+        status: str | None = None,
+        until_found: bool = False,
+        max_pages: int | None = None,
+    ) -> bool:
+        """Read the team's Jobs created since ``start`` (only those in ``status``, if given); True
+        when the listing reached its end, or with ``until_found`` once it has shown every Job in
+        ``listed_due`` (the rest was read moments ago). Every Job shown is removed from
+        ``listed_due``. Only an unfiltered listing moves the checkpoint: a filtered one skips the
+        Jobs it leaves out. After ``max_pages`` pages it stops, incomplete."""
         since = self._since(start)
         offset = 0
         # Rows consumed in the current `since` window, in server order: id -> created_at.
@@ -212,10 +250,18 @@ class Extractor:
         step_backs = 0
         trust_since_offsets = True
         after_since_move = False
+        pages = 0
         while True:
+            if max_pages is not None and pages >= max_pages:
+                return False
+            pages += 1
             self._spend(report)
-            page = self.source.list_runs(team, since=since, offset=offset, limit=self.page_size, sort_order="asc")
+            page = self.source.list_runs(
+                team, since=since, offset=offset, limit=self.page_size, sort_order="asc", status=status
+            )
             report.pages += 1
+            if status is not None:
+                report.sweep_pages += 1
             rows = page.data
             # Rows the server sent, counting any the client dropped as invalid: offsets move by this.
             size: int = getattr(page, "size", len(rows))
@@ -250,7 +296,9 @@ class Extractor:
                     newest = created
                 fresh.append(row)
                 listed_due.pop(run_id, None)
-            self._commit_rows(team, fresh, report, checkpoint=newest)
+            self._commit_rows(team, fresh, report, checkpoint=newest if status is None else None)
+            if until_found and not listed_due:
+                return True
             if not fresh and size <= 1:
                 # Only the anchor came back, so the offset cannot move (a `total` that overstates):
                 # stop rather than spin. A page of re-read rows still moves the offset forward.
@@ -271,6 +319,43 @@ class Extractor:
                 since = next_since
                 offset = max(0, len(window) - 1) if trust_since_offsets else 0
                 after_since_move = offset > 0
+
+    # ---- the sweep: listing the open statuses --------------------------------------------------
+
+    def _plan_sweep(self, team: str) -> SweepPlan | None:
+        if self._sweep_refused:
+            return None
+        return plan_sweep(self.store.open_runs(team), self.page_size, self.settings.recheck.sweep_pages)
+
+    def _sweep(self, team: str, sweep: SweepPlan, report: PassReport) -> list[KnownRun]:
+        """List each open status from the oldest covered Job on; return the covered Jobs that are
+        in none of the lists (oldest first), which are the ones that changed. Jobs the lists show
+        are refreshed. If a list could not be read to its end, nothing is concluded from absence:
+        the covered Jobs that are due then by the age schedule are returned instead."""
+        unseen = dict(sweep.covered)
+        complete = True
+        # A page per status beyond the estimate for Jobs that entered a status since we last
+        # looked; a list that grows faster than that (a flood of new Jobs) ends the sweep.
+        allowance = sweep.estimated_pages + len(sweep.statuses)
+        spent = report.sweep_pages
+        try:
+            for status in sweep.statuses:
+                left = allowance - (report.sweep_pages - spent)
+                complete = self._list(team, sweep.since, report, unseen, status=status, max_pages=left) and complete
+                if not complete:
+                    break
+        except DuvoError as exc:
+            if exc.status not in (400, 422):
+                raise
+            # An API that will not filter by status cannot be swept; say so once and carry on
+            # with the age schedule, which needs no filter.
+            self._sweep_refused = True
+            log.warning("the Duvo API refused a status filter; open jobs are re-checked by age only", error=str(exc))
+            complete = False
+        log.debug("swept open jobs", team_id=team, covered=len(sweep.covered), changed=len(unseen), complete=complete)
+        if complete:
+            return sorted(unseen.values(), key=lambda run: run.created_at)
+        return [run for run in self.store.due_open_runs(team, self.clock()) if run.run_id in unseen]
 
     # ---- re-checking open Jobs one by one ----------------------------------------------------
 

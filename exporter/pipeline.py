@@ -82,6 +82,7 @@ class Exporter:
             events=report.events,
             runs_seen=report.runs_seen,
             requests=report.requests,
+            sweep_pages=report.sweep_pages,
             rechecked=report.rechecked,
             halted=report.halted,
         )

@@ -217,11 +217,17 @@ class StateStore:
         return found
 
     def due_open_runs(self, team_id: str, now: float, limit: int = 100_000) -> list[KnownRun]:
+        return self._open_runs("AND next_check_at <= ? ORDER BY created_at LIMIT ?", (team_id, now, limit))
+
+    def open_runs(self, team_id: str) -> list[KnownRun]:
+        """Every open Job of the team, oldest first."""
+        return self._open_runs("ORDER BY created_at", (team_id,))
+
+    def _open_runs(self, tail: str, params: tuple[Any, ...]) -> list[KnownRun]:
         rows = self._conn.execute(
             "SELECT run_id, team_id, created_at, status, terminal, first_seen_at, checks, last_event_id "
-            "FROM runs WHERE terminal = 0 AND team_id = ? AND next_check_at <= ? "
-            "ORDER BY created_at LIMIT ?",
-            (team_id, now, limit),
+            f"FROM runs WHERE terminal = 0 AND team_id = ? {tail}",
+            params,
         )
         return [KnownRun(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows]
 

@@ -1,7 +1,8 @@
 """ModelApi: an in-memory Duvo list/get API for property tests of extraction (no HTTP).
 
 It implements the same paging semantics as the simulator (asc/desc by created_at then id,
-offset/limit/total, a configurable `since` mode) and lets a test run code between page reads
+offset/limit/total, a configurable `since` mode, the `status` filter) and lets a test run code between
+page reads
 (inserts, deletions, status changes) to model concurrent activity.
 """
 
@@ -28,6 +29,7 @@ class ModelApi:
         self.base = base or datetime(2026, 5, 17, tzinfo=UTC)
         self.on_request: Callable[[ModelApi], None] | None = None
         self.requests = 0
+        self.status_lists = 0  # list requests filtered by status (the open-Job sweep)
         self.last_served: list[str] = []  # ids of the last list page, for "delete what was just read"
         self._counter = 0
 
@@ -70,14 +72,27 @@ class ModelApi:
         return created.replace(microsecond=0) > since.replace(microsecond=0)  # exclusive_seconds
 
     def list_runs(
-        self, team_id: str, *, since: str | None = None, offset: int = 0, limit: int = 100, sort_order: str = "asc"
+        self,
+        team_id: str,
+        *,
+        since: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+        sort_order: str = "asc",
+        status: str | None = None,
     ) -> Page:
         self.requests += 1
+        if status is not None:
+            self.status_lists += 1
         if self.on_request is not None:
             self.on_request(self)
         since_dt = timestamps.parse(since) if since else None
         rows = sorted(
-            (r for r in self.runs.values() if self._matches(r["created_at"], since_dt)),
+            (
+                r
+                for r in self.runs.values()
+                if self._matches(r["created_at"], since_dt) and (status is None or r["status"] == status)
+            ),
             key=lambda r: (r["created_at"], r["id"]),
             reverse=sort_order == "desc",
         )

@@ -33,7 +33,24 @@ def test_minimal_config_gets_documented_defaults():
     assert config.schedule.interval_seconds == 300
     assert config.state.path == "./var/state.db"
     assert config.extract.emit == "terminal"
+    assert config.extract.recheck.sweep_pages == 20
     assert config.duvo.team_ids == ["t1"]
+
+
+def test_the_example_config_is_valid_and_states_the_defaults():
+    from pathlib import Path
+
+    from exporter.config import ExtractSettings
+
+    text = (Path(__file__).resolve().parent.parent / "config" / "exporter.example.yaml").read_text()
+    config = parse_config(text, {"DUVO_API_KEY": "dv_key"})
+    assert config.extract == ExtractSettings()
+
+
+def test_a_negative_sweep_is_refused():
+    assert problems(BASE + "extract:\n  recheck: {sweep_pages: -1}\n") == [
+        "extract.recheck.sweep_pages: input should be greater than or equal to 0 (got -1)"
+    ]
 
 
 def test_interpolation_with_defaults_and_literal_dollar():

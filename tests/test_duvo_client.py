@@ -228,7 +228,8 @@ def test_list_runs_sends_auth_headers_and_all_params(server: FakeDuvo, client: D
         offset=200,
         limit=50,
         sort_order="desc",
-        params={"status": "failed", "has_issues": "true"},
+        status="failed",
+        params={"has_issues": "true"},
     )
     assert page == RunPage(data=runs("r1", "r2"), total=2, fetched=2)
     assert page.size == 2

@@ -35,7 +35,7 @@ def test_many_recent_open_jobs_are_rechecked_by_relisting(tmp_path):
     api = ModelApi()
     ids = [api.add("running") for _ in range(300)]
     clock = [T0]
-    ex = make(tmp_path, api, clock, recheck=RecheckSettings(max_interval="0s"))
+    ex = make(tmp_path, api, clock, recheck=RecheckSettings(max_interval="0s", sweep_pages=0))
     ex.run_pass()
     for run_id in ids:
         api.set_status(run_id, "completed")
@@ -52,7 +52,7 @@ def test_few_old_open_jobs_among_many_finished_are_fetched_one_by_one(tmp_path):
     for i in range(2000):
         api.add("completed", at_seconds=10 + i)
     clock = [T0]
-    ex = make(tmp_path, api, clock, recheck=RecheckSettings(max_interval="0s"))
+    ex = make(tmp_path, api, clock, recheck=RecheckSettings(max_interval="0s", sweep_pages=0))
     ex.run_pass()
     for run_id in old:
         api.set_status(run_id, "failed")
