@@ -132,6 +132,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
             folder / "naive-offset",
         )
         stop = threading.Event()
+        simulator.call("reset_stats")
         started = time.time()
         child = ExporterProcess("run", config, folder / "daemon.log")
         cron = threading.Thread(target=naive.run_every, args=(INTERVAL, stop), daemon=True)
@@ -143,6 +144,8 @@ def run(sizes: Sizes) -> dict[str, Any]:
         usage = child.wait(60)
         cron.join(60)
         naive.close()
+        # The daemon's share of the API: everything the simulator answered less the script's.
+        daemon_requests = simulator.call("requests")["requests_total"] - naive.stats.requests
         times = simulator.call("job_times")
         lo, hi = started + SETTLE, ended - TAIL
         sinks_result = {kind: _lags(r.call("arrivals"), times, lo, hi, ended) for kind, r in receivers.items()}
@@ -168,6 +171,8 @@ def run(sizes: Sizes) -> dict[str, Any]:
             "sinks": sinks_result,
             "any_sink": any_sink,
             "naive": naive_result,
+            "daemon_requests": daemon_requests,
+            "daemon_requests_per_minute": daemon_requests / ((ended - started) / 60),
             "daemon_returncode": usage.returncode,
             "daemon_peak_rss_mb": usage.peak_rss_bytes / (1024 * 1024),
             "target_p95": INTERVAL + 2.0,

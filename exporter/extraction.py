@@ -36,7 +36,7 @@ from exporter.config import ExtractSettings, start_moment
 from exporter.durations import parse_duration
 from exporter.duvo_client import DuvoError
 from exporter.state import KnownRun, RunUpdate, StateStore
-from exporter.sweep import SweepPlan, plan_sweep
+from exporter.sweep import SweepPlan, page_allowance, plan_sweep
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +67,7 @@ class DuvoSource(Protocol):
 class PassReport:
     pages: int = 0  # list requests, sweep pages included
     sweep_pages: int = 0  # status-filtered list requests that vouch for open Jobs
+    sweeps_incomplete: int = 0  # sweeps that proved nothing (a list not read to its end)
     gets: int = 0
     runs_seen: int = 0
     events: int = 0
@@ -334,9 +335,8 @@ class Extractor:
         the covered Jobs that are due then by the age schedule are returned instead."""
         unseen = dict(sweep.covered)
         complete = True
-        # A page per status beyond the estimate for Jobs that entered a status since we last
-        # looked; a list that grows faster than that (a flood of new Jobs) ends the sweep.
-        allowance = sweep.estimated_pages + len(sweep.statuses)
+        # A list that grows faster than it is read (a flood of new Jobs) ends the sweep.
+        allowance = page_allowance(sweep, self.store.open_status_counts(team, sweep.since), self.page_size)
         spent = report.sweep_pages
         try:
             for status in sweep.statuses:
@@ -353,6 +353,8 @@ class Extractor:
             log.warning("the Duvo API refused a status filter; open jobs are re-checked by age only", error=str(exc))
             complete = False
         log.debug("swept open jobs", team_id=team, covered=len(sweep.covered), changed=len(unseen), complete=complete)
+        if not complete:
+            report.sweeps_incomplete += 1
         if complete:
             return sorted(unseen.values(), key=lambda run: run.created_at)
         return [run for run in self.store.due_open_runs(team, self.clock()) if run.run_id in unseen]

@@ -83,6 +83,7 @@ class Exporter:
             runs_seen=report.runs_seen,
             requests=report.requests,
             sweep_pages=report.sweep_pages,
+            sweeps_incomplete=report.sweeps_incomplete,
             rechecked=report.rechecked,
             halted=report.halted,
         )

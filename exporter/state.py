@@ -223,6 +223,16 @@ class StateStore:
         """Every open Job of the team, oldest first."""
         return self._open_runs("ORDER BY created_at", (team_id,))
 
+    def open_status_counts(self, team_id: str, since: str) -> dict[str, int]:
+        """Open Jobs of the team created at or after ``since``, by status."""
+        return dict(
+            self._conn.execute(
+                "SELECT status, count(*) FROM runs WHERE terminal = 0 AND team_id = ? AND created_at >= ? "
+                "GROUP BY status",
+                (team_id, since),
+            )
+        )
+
     def _open_runs(self, tail: str, params: tuple[Any, ...]) -> list[KnownRun]:
         rows = self._conn.execute(
             "SELECT run_id, team_id, created_at, status, terminal, first_seen_at, checks, last_event_id "

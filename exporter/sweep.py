@@ -55,5 +55,19 @@ def plan_sweep(open_runs: Sequence[KnownRun], page_size: int, max_pages: int) ->
     )
 
 
+def list_pages(rows: int, page_size: int) -> int:
+    """Requests to read ``rows`` rows when each page after the first re-reads one (the anchor)."""
+    if rows <= page_size or page_size <= 1:
+        return max(1, rows if page_size <= 1 else 1)
+    return 1 + math.ceil((rows - page_size) / (page_size - 1))
+
+
+def page_allowance(plan: SweepPlan, open_counts: dict[str, int], page_size: int) -> int:
+    """The most pages the sweep may read: what the open Jobs we now hold in its statuses need
+    (counted after new Jobs were read, so those are in), plus a page per status for Jobs that
+    entered a status or shifted a list while it was read."""
+    return sum(list_pages(open_counts.get(status, 0), page_size) + 1 for status in plan.statuses)
+
+
 def _pages(counts: dict[str, int], page_size: int) -> int:
-    return sum(math.ceil(n / page_size) for n in counts.values())
+    return sum(list_pages(n, page_size) for n in counts.values())

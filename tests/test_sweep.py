@@ -14,7 +14,7 @@ from exporter.config import ExtractSettings, RecheckSettings
 from exporter.duvo_client import DuvoError
 from exporter.extraction import Extractor
 from exporter.state import KnownRun, StateStore
-from exporter.sweep import plan_sweep
+from exporter.sweep import list_pages, page_allowance, plan_sweep
 from tests.conftest import cli, exported, terminal_ids, write_config
 from tests.model_api import ModelApi
 
@@ -50,9 +50,19 @@ def test_plan_covers_the_newest_open_jobs_within_the_page_cap():
     runs.sort(key=lambda r: (r.created_at, r.run_id))
     plan = plan_sweep(runs, page_size=100, max_pages=2)
     assert plan is not None
-    assert len(plan.covered) == 200 and plan.estimated_pages == 2
-    assert set(plan.covered) == {r.run_id for r in runs[50:]}
-    assert plan.since == runs[50].created_at and plan.statuses == ("running",)
+    # Two pages read 199 rows: every page after the first re-reads its anchor row.
+    assert len(plan.covered) == 199 and plan.estimated_pages == 2
+    assert set(plan.covered) == {r.run_id for r in runs[51:]}
+    assert plan.since == runs[51].created_at and plan.statuses == ("running",)
+
+
+def test_pages_count_the_anchor_row_and_the_allowance_has_a_page_of_slack_per_status():
+    assert [list_pages(n, 100) for n in (0, 1, 100, 101, 199, 200, 298)] == [1, 1, 1, 2, 2, 3, 3]
+    runs = [known("a", "waiting", 1), known("b", "running", 2)]
+    plan = plan_sweep(runs, page_size=100, max_pages=20)
+    assert plan is not None
+    # 150 running now (new Jobs were read since the plan): 2 pages + 1; waiting: 1 + 1.
+    assert page_allowance(plan, {"running": 150, "waiting": 1, "pending": 40}, 100) == 5
 
 
 def test_plan_lists_each_status_held_and_never_covers_unknown_statuses():
@@ -259,5 +269,5 @@ def test_a_status_list_that_grows_faster_than_it_is_read_ends_the_sweep_within_i
 
     api.on_request = flood
     report = ex.run_pass()
-    assert report.sweep_pages == 2 + 1  # the estimate (150 open: 2 pages) and one page of slack
-    assert report.gets == 0  # an unfinished list proves nothing: no covered Job is fetched
+    assert report.sweep_pages == 2 + 1  # 150 open: 2 pages, and one page of slack
+    assert report.gets == 0 and report.sweeps_incomplete == 1  # an unfinished list proves nothing
