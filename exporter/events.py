@@ -69,8 +69,8 @@ def build(
         exported_at = timestamps.format_utc(exported_at)
     run_id = str(run["id"])
     status = str(run.get("status"))
-    started = timestamps.parse(run.get("started_at"))
-    completed = timestamps.parse(run.get("completed_at"))
+    started, started_text = timestamps.read(run.get("started_at"))
+    completed, completed_text = timestamps.read(run.get("completed_at"))
     agent_id = run.get("agent_id")
     return RunEvent(
         event_id=event_id or f"{run_id}:{status}",
@@ -80,8 +80,8 @@ def build(
         agent_id=str(agent_id) if agent_id is not None else None,
         status=status,
         created_at=created_at if created_at is not None else timestamps.normalize(run.get("created_at")),
-        started_at=timestamps.format_utc(started) if started else None,
-        completed_at=timestamps.format_utc(completed) if completed else None,
+        started_at=started_text,
+        completed_at=completed_text,
         duration_seconds=duration_seconds(started, completed),
         pending_human_request=run.get("pending_human_request"),
         run=run,

@@ -41,6 +41,7 @@ from exporter.sweep import SweepPlan, page_allowance, plan_sweep
 log = structlog.get_logger(__name__)
 
 MAX_STEP_BACKS = 3  # consecutive re-reads of a shifting list before leaving the rest to the next pass
+COMMIT_ROWS = 500  # rows read per commit during a listing
 
 
 class RunPageLike(Protocol):
@@ -140,8 +141,9 @@ class Extractor:
             report.teams[team] = self.store.checkpoint(team)
         return report
 
-    def _spend(self, report: PassReport) -> None:
-        """Called before every request: honours stop, the per-pass budget and the outbox bound."""
+    def _spend(self, report: PassReport, held: int = 0) -> None:
+        """Called before every request: honours stop, the per-pass budget and the outbox bound
+        (counting ``held`` rows read but not committed yet as events)."""
         if self._stop is not None and self._stop.is_set():
             raise _Halt("stop")
         if self._budget is not None:
@@ -149,7 +151,7 @@ class Extractor:
                 raise _Halt("budget")
             self._budget -= 1
         low, high = self.store.outbox_bounds()
-        if high - low + 1 >= self.max_outbox_events:
+        if high - low + 1 + held >= self.max_outbox_events:
             raise _Halt("outbox_full")
 
     def _pass_team(self, team: str, report: PassReport) -> None:
@@ -252,81 +254,98 @@ class Extractor:
         trust_since_offsets = True
         after_since_move = False
         pages = 0
-        while True:
-            if max_pages is not None and pages >= max_pages:
-                return False
-            pages += 1
-            self._spend(report)
-            page = self.source.list_runs(
-                team, since=since, offset=offset, limit=self.page_size, sort_order="asc", status=status
-            )
-            report.pages += 1
-            if status is not None:
-                report.sweep_pages += 1
-            rows = page.data
-            # Rows the server sent, counting any the client dropped as invalid: offsets move by this.
-            size: int = getattr(page, "size", len(rows))
-            if offset > 0 and (not rows or str(rows[0].get("id")) not in window):
-                if after_since_move:  # an empty page here proves nothing either
-                    # Our guess of where the moved window starts assumed an inclusive, exact
-                    # `since`; this server reads it otherwise. Re-read the window from its start,
-                    # and do so directly after every later move in this listing.
-                    trust_since_offsets = after_since_move = False
+        # Rows are committed a few pages at a time (with the checkpoint up to them): a commit per
+        # page cost more than reading the page. Nothing is held across passes or errors: the
+        # `finally` commits what was read before any return or exception.
+        held: list[dict[str, Any]] = []
+        held_ids: set[str] = set()  # the store cannot tell these apart from new ones until committed
+        committed_newest = newest
+        try:
+            while True:
+                if max_pages is not None and pages >= max_pages:
+                    return False
+                pages += 1
+                self._spend(report, held=len(held))
+                page = self.source.list_runs(
+                    team, since=since, offset=offset, limit=self.page_size, sort_order="asc", status=status
+                )
+                report.pages += 1
+                if status is not None:
+                    report.sweep_pages += 1
+                rows = page.data
+                # Rows the server sent, counting any the client dropped as invalid: offsets move by this.
+                size: int = getattr(page, "size", len(rows))
+                if offset > 0 and (not rows or str(rows[0].get("id")) not in window):
+                    if after_since_move:  # an empty page here proves nothing either
+                        # Our guess of where the moved window starts assumed an inclusive, exact
+                        # `since`; this server reads it otherwise. Re-read the window from its start,
+                        # and do so directly after every later move in this listing.
+                        trust_since_offsets = after_since_move = False
+                        report.step_backs += 1
+                        offset = 0
+                        continue
+                    if not rows or step_backs >= MAX_STEP_BACKS:
+                        # The end, or a list that keeps shifting: stop here. What we have not read is
+                        # read from the checkpoint next pass, so this costs latency, never a Job.
+                        return not rows
+                    step_backs += 1
                     report.step_backs += 1
-                    offset = 0
+                    offset = max(0, offset - (self.page_size - 1))
+                    log.debug("rows shifted while paging; stepping back", team_id=team, offset=offset)
                     continue
-                if not rows or step_backs >= MAX_STEP_BACKS:
-                    # The end, or a list that keeps shifting: stop here. What we have not read is
-                    # read from the checkpoint next pass, so this costs latency, never a Job.
-                    return not rows
-                step_backs += 1
-                report.step_backs += 1
-                offset = max(0, offset - (self.page_size - 1))
-                log.debug("rows shifted while paging; stepping back", team_id=team, offset=offset)
-                continue
-            step_backs = 0
-            after_since_move = False
-            fresh: list[dict[str, Any]] = []
-            for row in rows:
-                run_id = str(row["id"])
-                if run_id in window:
-                    continue
-                created = timestamps.normalize(row.get("created_at")) or newest or ""
-                window[run_id] = created
-                if created and (newest is None or created > newest):
-                    newest = created
-                fresh.append(row)
-                listed_due.pop(run_id, None)
-            self._commit_rows(team, fresh, report, checkpoint=newest if status is None else None)
-            if until_found and not listed_due:
-                return True
-            if not fresh and size <= 1:
-                # Only the anchor came back, so the offset cannot move (a `total` that overstates):
-                # stop rather than spin. A page of re-read rows still moves the offset forward.
-                return True
-            if page.total is not None and offset + size >= page.total:
-                # `total` says this was the last page. A full page leaves room for doubt (a total
-                # that understates): then the listing does not count as complete, so due Jobs it
-                # did not show wait for the next pass instead of being fetched one by one.
-                return size < self.page_size
-            if page.total is None and size < self.page_size:
-                return True
-            # Overlap by one row: the next page must start with a row we have consumed.
-            offset += size - 1
-            next_since = self._since(newest)
-            if next_since is not None and (since is None or next_since > since):
-                while window and next(iter(window.values())) < next_since:
-                    window.popitem(last=False)
-                since = next_since
-                offset = max(0, len(window) - 1) if trust_since_offsets else 0
-                after_since_move = offset > 0
+                step_backs = 0
+                after_since_move = False
+                fresh: list[dict[str, Any]] = []
+                for row in rows:
+                    run_id = str(row["id"])
+                    if run_id in window or run_id in held_ids:
+                        continue
+                    created = timestamps.normalize(row.get("created_at")) or newest or ""
+                    window[run_id] = created
+                    if created and (newest is None or created > newest):
+                        newest = created
+                    fresh.append(row)
+                    held_ids.add(run_id)
+                    listed_due.pop(run_id, None)
+                held.extend(fresh)
+                if len(held) >= COMMIT_ROWS:
+                    self._commit_rows(team, held, report, checkpoint=newest if status is None else None)
+                    held, committed_newest = [], newest
+                    held_ids.clear()
+                if until_found and not listed_due:
+                    return True
+                if not fresh and size <= 1:
+                    # Only the anchor came back, so the offset cannot move (a `total` that overstates):
+                    # stop rather than spin. A page of re-read rows still moves the offset forward.
+                    return True
+                if page.total is not None and offset + size >= page.total:
+                    # `total` says this was the last page. A full page leaves room for doubt (a total
+                    # that understates): then the listing does not count as complete, so due Jobs it
+                    # did not show wait for the next pass instead of being fetched one by one.
+                    return size < self.page_size
+                if page.total is None and size < self.page_size:
+                    return True
+                # Overlap by one row: the next page must start with a row we have consumed.
+                offset += size - 1
+                next_since = self._since(newest)
+                if next_since is not None and (since is None or next_since > since):
+                    while window and next(iter(window.values())) < next_since:
+                        window.popitem(last=False)
+                    since = next_since
+                    offset = max(0, len(window) - 1) if trust_since_offsets else 0
+                    after_since_move = offset > 0
+        finally:
+            if held or newest != committed_newest:
+                self._commit_rows(team, held, report, checkpoint=newest if status is None else None)
 
     # ---- the sweep: listing the open statuses --------------------------------------------------
 
     def _plan_sweep(self, team: str) -> SweepPlan | None:
         if self._sweep_refused:
             return None
-        return plan_sweep(self.store.open_runs(team), self.page_size, self.settings.recheck.sweep_pages)
+        pages = self.settings.recheck.sweep_pages
+        # No sweep can cover more Jobs than its pages hold, so only that many are loaded.
+        return plan_sweep(self.store.newest_open_runs(team, pages * self.page_size), self.page_size, pages)
 
     def _sweep(self, team: str, sweep: SweepPlan, report: PassReport) -> list[KnownRun]:
         """List each open status from the oldest covered Job on; return the covered Jobs that are

@@ -219,9 +219,11 @@ class StateStore:
     def due_open_runs(self, team_id: str, now: float, limit: int = 100_000) -> list[KnownRun]:
         return self._open_runs("AND next_check_at <= ? ORDER BY created_at LIMIT ?", (team_id, now, limit))
 
-    def open_runs(self, team_id: str) -> list[KnownRun]:
-        """Every open Job of the team, oldest first."""
-        return self._open_runs("ORDER BY created_at", (team_id,))
+    def newest_open_runs(self, team_id: str, limit: int) -> list[KnownRun]:
+        """The team's ``limit`` newest open Jobs, oldest first."""
+        newest = self._open_runs("ORDER BY created_at DESC LIMIT ?", (team_id, limit))
+        newest.reverse()
+        return newest
 
     def open_status_counts(self, team_id: str, since: str) -> dict[str, int]:
         """Open Jobs of the team created at or after ``since``, by status."""

@@ -12,13 +12,18 @@ def parse(value: object) -> datetime | None:
     """A timezone-aware UTC datetime, or None for null, empty or unparseable input."""
     if not isinstance(value, str) or not value:
         return None
-    text = value.strip()
-    if text.endswith("z"):
-        text = text[:-1] + "Z"
     try:
-        parsed = datetime.fromisoformat(text)  # 3.11+: accepts "Z", offsets, fractions
+        parsed = datetime.fromisoformat(value)  # 3.11+: accepts "Z", offsets, fractions
     except ValueError:
-        return None
+        text = value.strip()
+        if text.endswith("z"):
+            text = text[:-1] + "Z"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    if parsed.tzinfo is UTC:  # "Z" and "+00:00" both come back as the UTC singleton
+        return parsed
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)  # the API speaks UTC; a naive stamp is read as UTC
     return parsed if parsed.utcoffset() == UTC.utcoffset(None) else parsed.astimezone(UTC)
@@ -49,10 +54,17 @@ def _is_canonical(text: str) -> bool:
 
 def normalize(value: object) -> str | None:
     """The canonical text of a timestamp, or None when it is missing or unreadable."""
-    if isinstance(value, str) and _is_canonical(value) and parse(value) is not None:
-        return value
+    return read(value)[1]
+
+
+def read(value: object) -> tuple[datetime | None, str | None]:
+    """The moment and its canonical text, parsing once: (None, None) when missing or unreadable."""
     parsed = parse(value)
-    return format_utc(parsed) if parsed is not None else None
+    if parsed is None:
+        return None, None
+    if isinstance(value, str) and _is_canonical(value):
+        return parsed, value
+    return parsed, format_utc(parsed)
 
 
 def now() -> datetime:

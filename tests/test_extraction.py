@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from exporter.config import ExtractSettings, RecheckSettings
 from exporter.extraction import Extractor
 from exporter.state import StateStore
@@ -156,3 +158,32 @@ def test_unknown_status_is_kept_open_and_rows_pass_through_untouched(tmp_path):
     ex.run_pass()
     [event] = events(ex)
     assert event["run"]["brand_new_field"] == {"x": 1}
+
+
+class ApiDown(Exception):
+    pass
+
+
+def test_rows_read_before_an_error_are_committed_with_their_checkpoint(tmp_path):
+    """Rows are committed a few pages at a time; an error mid-listing still commits every row
+    read before it, with the checkpoint up to them, so the next pass neither re-exports nor skips."""
+    api = ModelApi()
+    for i in range(1000):
+        api.add("completed", at_seconds=i)
+
+    def fail_on_the_fourth_page(model: ModelApi) -> None:
+        if model.requests == 4:
+            raise ApiDown("unavailable")
+
+    api.on_request = fail_on_the_fourth_page
+    clock = [T0]
+    ex = make(tmp_path, api, clock)
+    with pytest.raises(ApiDown):
+        ex.run_pass()
+    # Three pages read (100 + 99 + 99 rows, each page re-reading its anchor) before the fourth failed.
+    assert len(events(ex)) == 298
+    assert ex.store.checkpoint("t") == max(e["created_at"] for e in events(ex))
+    api.on_request = None
+    ex.run_pass()
+    ids = [e["run_id"] for e in events(ex)]
+    assert len(ids) == len(set(ids)) == 1000
