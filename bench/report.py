@@ -614,7 +614,7 @@ def write_report(path: Path | None = None) -> Path:
         "HTTP, so that the exporter's CPU and memory are its own.\n\n",
         "## The machine\n\n",
         _machine(results),
-        f"\nReproduce: `{COMMAND}` (about 20 minutes; `python -m bench.run --quick` for a smoke run of a few minutes, "
+        f"\nReproduce: `{COMMAND}` (about 10 minutes; `python -m bench.run --quick` for a smoke run of a few minutes, "
         "`--only SCENARIO` for one scenario).\n\n",
         "## Summary\n\n",
         summary,

@@ -1,6 +1,6 @@
 """`make bench` = `python -m bench.run`: every scenario, then docs/benchmarks.md and its charts.
 
-    python -m bench.run                      # everything (~17 minutes on 2 cores)
+    python -m bench.run                      # everything (~10 minutes on 2 cores)
     python -m bench.run --quick              # smaller sizes (a few minutes), for iterating
     python -m bench.run --only throughput    # one scenario; the others keep their last results
     python -m bench.run --report-only        # rewrite docs/benchmarks.md from the saved results
