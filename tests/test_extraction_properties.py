@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import ExtractSettings
+from exporter.config import ExtractSettings, RecheckSettings
 from exporter.extraction import Extractor
 from exporter.state import StateStore
 from tests.model_api import ModelApi
@@ -123,8 +123,18 @@ class World:
     since_mode=st.sampled_from(["inclusive", "exclusive", "seconds", "exclusive_seconds"]),
     page_size=st.integers(2, 6),
     emit=st.sampled_from(["terminal", "transitions"]),
+    recheck=st.sampled_from(
+        [
+            RecheckSettings(),  # the sweep, then the age schedule beyond its cap
+            RecheckSettings(sweep_pages=0),  # the age schedule alone
+            RecheckSettings(sweep_pages=1),  # a sweep that covers only the newest few
+            # The sweep alone: the age schedule never comes due, so every outcome of a Job seen
+            # open must be found by the status lists.
+            RecheckSettings(sweep_pages=10_000, min_interval="100000h", max_interval="100000h"),
+        ]
+    ),
 )
-def test_every_finished_job_is_exported_exactly_once(schedule, since_mode, page_size, emit):
+def test_every_finished_job_is_exported_exactly_once(schedule, since_mode, page_size, emit, recheck):
     api = ModelApi(since_mode=since_mode)
     world = World(api)
     with tempfile.TemporaryDirectory() as directory:
@@ -137,7 +147,7 @@ def test_every_finished_job_is_exported_exactly_once(schedule, since_mode, page_
                 api,
                 StateStore(path, synchronous="normal"),  # crashes here are in-process: no fsync needed
                 ["t"],
-                ExtractSettings(emit=emit),
+                ExtractSettings(emit=emit, recheck=recheck),
                 page_size=page_size,
                 start_from="beginning",
                 clock=lambda: now[0],

@@ -271,3 +271,25 @@ def test_a_status_list_that_grows_faster_than_it_is_read_ends_the_sweep_within_i
     report = ex.run_pass()
     assert report.sweep_pages == 2 + 1  # 150 open: 2 pages, and one page of slack
     assert report.gets == 0 and report.sweeps_incomplete == 1  # an unfinished list proves nothing
+
+
+def test_a_sweep_list_never_moves_the_checkpoint_past_jobs_it_filters_out(tmp_path):
+    api = ModelApi()
+    for i in range(5):
+        api.add("running", at_seconds=i)
+    ex = make(tmp_path, api)
+    ex.run_pass()
+    checkpoint = ex.store.checkpoint("t")
+    made: list[str] = []
+
+    def create_during_the_sweep(model: ModelApi) -> None:
+        if model.status_lists == 1 and not made:
+            made.append(model.add("completed", at_seconds=100))  # no `running` list shows this one
+            made.append(model.add("running", at_seconds=200))  # ... but it shows this newer one
+
+    api.on_request = create_during_the_sweep
+    ex.run_pass()
+    assert made and ex.store.checkpoint("t") == checkpoint
+    api.on_request = None
+    ex.run_pass()
+    assert made[0] in finished(ex)
