@@ -9,8 +9,9 @@ Correctness rules (see README "How extraction stays correct"):
 - The ``since`` we send is moved forward as we read (keyset-style), so offsets stay small, and it
   is always floored to whole seconds minus the overlap, so whether the API treats it as inclusive,
   exclusive or second-precise cannot make us skip a Job.
-- Each page's events, run updates and checkpoint are committed in one transaction. The
-  checkpoint only ever names a created_at up to which everything has been consumed.
+- The events, run updates and checkpoint of a listing's rows are committed together, in one
+  transaction every few pages and at every end of a listing (also an error). The checkpoint only
+  ever names a created_at up to which everything has been consumed.
 - Open (non-terminal) Jobs are remembered. Each pass lists the open statuses from the oldest
   of them (the sweep, exporter/sweep.py): a Job missing from every list has changed and is
   fetched. Open Jobs beyond the sweep's cap are re-checked when due, older ones less often. Per
@@ -372,10 +373,9 @@ class Extractor:
             log.warning("the Duvo API refused a status filter; open jobs are re-checked by age only", error=str(exc))
             complete = False
         log.debug("swept open jobs", team_id=team, covered=len(sweep.covered), changed=len(unseen), complete=complete)
-        if not complete:
-            report.sweeps_incomplete += 1
         if complete:
             return sorted(unseen.values(), key=lambda run: run.created_at)
+        report.sweeps_incomplete += 1
         return [run for run in self.store.due_open_runs(team, self.clock()) if run.run_id in unseen]
 
     # ---- re-checking open Jobs one by one ----------------------------------------------------

@@ -2,7 +2,7 @@
 
 It holds the extraction checkpoint per team, the Jobs seen (open ones are re-checked, finished
 ones remembered for de-duplication), the outbox of events, one delivery cursor per sink and the
-dead letters. Extraction writes a page's events, run updates and checkpoint in ONE transaction;
+dead letters. Extraction writes a batch of rows' events, run updates and checkpoint in ONE transaction;
 a sink's cursor moves (with its dead letters) in one transaction after the backend accepted.
 So a crash at any point loses nothing: uncommitted work is simply redone.
 

@@ -57,8 +57,10 @@ def plan_sweep(open_runs: Sequence[KnownRun], page_size: int, max_pages: int) ->
 
 def list_pages(rows: int, page_size: int) -> int:
     """Requests to read ``rows`` rows when each page after the first re-reads one (the anchor)."""
-    if rows <= page_size or page_size <= 1:
-        return max(1, rows if page_size <= 1 else 1)
+    if page_size <= 1:  # no room for an anchor: every row costs a request
+        return max(1, rows)
+    if rows <= page_size:
+        return 1
     return 1 + math.ceil((rows - page_size) / (page_size - 1))
 
 
