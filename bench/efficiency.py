@@ -9,10 +9,13 @@ The first hour is warm-up (the longest Jobs reach a steady mix); requests and ex
 counted after it.
 
 Compared on the identical workload (same seed, same simulated start):
-- the exporter as configured by default (`extract.recheck`: age x 0.25 in [0s, 1h], and per pass
-  the cheaper mix of re-listing the window of open Jobs and GET /runs/{id});
-- re-checking every open Job on every pass with GET /runs/{id} (recheck max_interval 0s, and
-  the planner forced to GETs): what a careful hand-written poller does;
+- the exporter as configured by default (`extract.recheck`: the sweep of the open statuses each
+  pass, the age schedule beyond its cap, and per fetch the cheaper mix of re-listing the window
+  and GET /runs/{id});
+- the exporter without the sweep (`sweep_pages: 0`: the age schedule, age x 0.25 in [0s, 1h]),
+  and the same with `min_interval: 30m`;
+- re-checking every open Job on every pass with GET /runs/{id} (no sweep, recheck max_interval
+  0s, and the planner forced to GETs): what a careful hand-written poller does;
 - the guide's naive script (scenario 6), which never looks at a Job twice.
 """
 
