@@ -21,7 +21,7 @@ import structlog
 from exporter import jsoncodec
 from exporter.logsetup import redact
 from exporter.shaping import EventShaper
-from exporter.state import OutboxEvent, StateStore
+from exporter.state import OutboxEvent, StateError, StateStore
 from sinks.base import Rejection, SendResult, Sink
 from sinks.settings import SinkSettings
 
@@ -46,6 +46,19 @@ class SinkStopped(Exception):
     """The sink reported a fatal problem (credentials, configuration); its backlog is kept."""
 
 
+@dataclass(frozen=True)
+class CursorAdvance:
+    """What a finished batch does to the sink's cursor. Held until the state store records it:
+    the backend already has those events, so a failed state write must be retried on its own,
+    never by sending the batch again."""
+
+    to_seq: int
+    delivered: int
+    filtered: int
+    dead: tuple[tuple[OutboxEvent, str], ...] = ()
+    error: str | None = None
+
+
 class SinkWorker:
     def __init__(
         self,
@@ -68,12 +81,18 @@ class SinkWorker:
         self.clock = clock
         self.stopped_reason: str | None = None
         self._batches_since_prune = 0
+        self._unrecorded: CursorAdvance | None = None
 
     # ---- one batch ---------------------------------------------------------------------------
 
     def deliver_batch(self) -> tuple[int, SendResult | None]:
         """Send the next batch. Returns (events finished, the sink's result or None when the
-        outbox had nothing for this sink or everything was filtered out)."""
+        outbox had nothing for this sink or everything was filtered out).
+
+        Raises StateError when the state store cannot be written; a batch the backend accepted
+        is then recorded by the next call instead of being sent again."""
+        if self._unrecorded is not None:
+            self._record(self._unrecorded)
         cursor = self.store.cursor(self.name).seq
         batch = self.store.read_outbox(cursor, self.settings.batch.max_events, self.settings.batch.max_bytes)
         if not batch:
@@ -84,7 +103,7 @@ class SinkWorker:
             if self.shaper.accepts(event):
                 kept.append((item, self.shaper.shape(event)))
         if not kept:
-            self._advance(batch[-1].seq, delivered=0, filtered=len(batch))
+            self._record(CursorAdvance(batch[-1].seq, delivered=0, filtered=len(batch)))
             return len(batch), None
         result = _redacted(self.sink.send([event for _, event in kept]))
         done = max(0, min(result.done, len(kept)))
@@ -96,12 +115,14 @@ class SinkWorker:
         if finished:
             kept_done = {item.seq for item, _ in kept[:done]}
             filtered = sum(1 for item in finished if item.seq not in kept_done)
-            self._advance(
-                finished[-1].seq,
-                delivered=done - len(dead),
-                filtered=filtered,
-                dead=dead,
-                error=result.error,
+            self._record(
+                CursorAdvance(
+                    finished[-1].seq,
+                    delivered=done - len(dead),
+                    filtered=filtered,
+                    dead=tuple(dead),
+                    error=result.error,
+                )
             )
         for event, reason in dead:
             log.warning(
@@ -115,20 +136,21 @@ class SinkWorker:
                 self.store.record_sink_error(self.name, result.error, stopped=True)
         return len(finished), result
 
-    def _advance(
-        self,
-        to_seq: int,
-        *,
-        delivered: int,
-        filtered: int,
-        dead: Sequence[tuple[OutboxEvent, str]] = (),
-        error: str | None = None,
-    ) -> None:
-        self.store.advance_cursor(self.name, to_seq, delivered=delivered, filtered=filtered, dead=dead, error=error)
+    def _record(self, advance: CursorAdvance) -> None:
+        self._unrecorded = advance
+        self.store.advance_cursor(
+            self.name,
+            advance.to_seq,
+            delivered=advance.delivered,
+            filtered=advance.filtered,
+            dead=advance.dead,
+            error=advance.error,
+        )
+        self._unrecorded = None
         self.counters.batches += 1
-        self.counters.delivered += delivered
-        self.counters.filtered += filtered
-        self.counters.rejected += len(dead)
+        self.counters.delivered += advance.delivered
+        self.counters.filtered += advance.filtered
+        self.counters.rejected += len(advance.dead)
         self._batches_since_prune += 1
         if self._batches_since_prune >= PRUNE_EVERY_BATCHES:
             self.prune()
@@ -185,6 +207,10 @@ class SinkWorker:
             while not stop.is_set():
                 try:
                     attempt, delay, fatal = self._run_once(stop, wake, attempt)
+                except StateError as exc:
+                    attempt += 1
+                    log.error("state store failed; delivery paused", sink=self.name, error=str(exc))
+                    delay, fatal = self.backoff(attempt, None), False
                 except Exception as exc:
                     # A state error (disk full, a lock held too long) or a bug must not end the
                     # thread while the daemon runs on: back off and try again, like a failed send.

@@ -4,8 +4,10 @@ import json
 import threading
 from collections.abc import Sequence
 
+import pytest
+
 from exporter.delivery import SinkWorker, replay_dead_letters
-from exporter.state import StateStore
+from exporter.state import StateError, StateStore
 from sinks.base import Event, Rejection, SendResult
 from sinks.settings import FieldSettings, FilterSettings, RetrySettings, SinkSettings
 
@@ -142,3 +144,57 @@ def test_retry_after_hint_wins_over_backoff(tmp_path):
     assert worker.backoff(1, 7.5) == 7.5
     delays = [worker.backoff(n, None) for n in range(1, 6)]
     assert all(0 < d <= 0.002 for d in delays)
+
+
+class FailingAdvanceStore(StateStore):
+    """A state store whose cursor writes fail ``failures`` times (a full disk), then succeed."""
+
+    def __init__(self, path: str, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    def advance_cursor(self, *args, **kwargs) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StateError("state file s.db: database or disk is full")
+        super().advance_cursor(*args, **kwargs)
+
+
+def test_a_batch_the_backend_accepted_is_recorded_not_resent_when_the_state_write_fails(tmp_path):
+    """The send succeeded, the cursor write did not: the retry records the cursor and never
+    hands the same events to the backend again while the process lives."""
+    store = FailingAdvanceStore(str(tmp_path / "s.db"), failures=3)
+    store.ensure_cursors(["s"])
+    fill(store, 10)
+    sink = ScriptedSink()
+    worker = SinkWorker(sink, settings(batch={"max_events": 4}), store, ["s"])
+    for _ in range(3):
+        with pytest.raises(StateError):
+            worker.deliver_batch()
+    assert sink.calls == [["r0", "r1", "r2", "r3"]]  # sent once, although its record failed 3 times
+    assert worker.drain(threading.Event()) == "drained"
+    assert sink.delivered == [f"r{i}" for i in range(10)]
+    assert store.cursor("s").delivered == 10
+    assert worker.counters.delivered == 10
+
+
+def test_the_daemon_loop_pauses_on_a_state_error_and_resends_nothing(tmp_path):
+    store = FailingAdvanceStore(str(tmp_path / "s.db"), failures=5)
+    store.ensure_cursors(["s"])
+    fill(store, 6)
+    sink = ScriptedSink()
+    worker = SinkWorker(sink, settings(batch={"max_events": 4}), store, ["s"])
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop, wake))
+    thread.start()
+    try:
+        for _ in range(500):
+            if store.cursor("s").delivered == 6:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        stop.set()
+        wake.set()
+        thread.join(5)
+    assert sink.delivered == [f"r{i}" for i in range(6)]
+    assert [len(call) for call in sink.calls] == [4, 2]
