@@ -88,6 +88,8 @@ def _drop_torn_tail(file: IO[bytes], path: str) -> None:
     Its event was never acknowledged, so the pipeline sends it again; appending after the
     fragment instead would glue the next event onto it and make both unreadable."""
     end = file.seek(0, os.SEEK_END)
+    if end == 0:  # a new or empty file has nothing to repair
+        return
     position = end
     while position > 0:
         start = max(0, position - _TAIL_CHUNK)

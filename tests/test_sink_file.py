@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+from structlog.testing import capture_logs
+
 from sinks.file import FileSink, FileSinkSettings
 from tests.conftest import ROOT
 
@@ -32,6 +35,31 @@ def test_a_torn_last_line_is_removed_before_appending(tmp_path):
     target.send([{"run_id": "b"}, {"run_id": "c"}])  # the pipeline re-sends the unacknowledged batch
     target.close()
     assert [json.loads(line)["run_id"] for line in out.read_text().splitlines()] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("existing", [None, b"", b'{"run_id": "a"}\n'], ids=["new", "empty", "whole-lines"])
+def test_a_file_with_nothing_torn_is_left_alone_without_a_repair_warning(tmp_path, existing):
+    out = tmp_path / "runs.jsonl"
+    if existing is not None:
+        out.write_bytes(existing)
+    with capture_logs() as logs:
+        target = sink(out)
+        target.send([{"run_id": "b"}])
+        target.close()
+    assert logs == []
+    assert out.read_bytes() == (existing or b"") + b'{"run_id":"b"}\n'
+
+
+def test_a_torn_line_is_reported_with_the_bytes_removed(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    out.write_bytes(b'{"run_id": "a"}\n{"run_')
+    with capture_logs() as logs:
+        target = sink(out)
+        target.send([{"run_id": "b"}])
+        target.close()
+    assert [(entry["event"], entry["bytes"]) for entry in logs] == [
+        ("removed a torn last line left by an interrupted write", len(b'{"run_'))
+    ]
 
 
 def test_a_file_with_no_newline_at_all_is_cut_to_empty(tmp_path):
