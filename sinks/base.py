@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 # A RunEvent as a JSON-ready mapping (field list: README "Event fields"). Per-sink field
 # include/exclude/rename is applied before a sink sees it, so sinks read fields with .get().
 Event = Mapping[str, Any]
+
+# The values an event's `event` and `status` fields take, so that a sink filter naming anything
+# else (a typo such as `faild`) is a configuration error instead of a sink that receives nothing.
+EventType = Literal["run.finished", "run.waiting"]
+EventStatus = Literal["completed", "failed", "stopped", "interrupted", "waiting"]
 
 
 def one_line(value: object, limit: int = 300) -> str:

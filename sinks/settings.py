@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from sinks.base import EventStatus, EventType
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in YAML must not silently become a default."""
@@ -45,10 +47,10 @@ class TLSSettings(StrictModel):
 class FilterSettings(StrictModel):
     """Events failing a filter are skipped for this sink only (counted, not dead-lettered)."""
 
-    statuses: list[str] | None = None
+    statuses: list[EventStatus] | None = None
     agents: list[str] | None = None
     teams: list[str] | None = None
-    events: list[str] | None = None  # event types: run.finished, run.waiting
+    events: list[EventType] | None = None
 
 
 class FieldSettings(StrictModel):

@@ -159,3 +159,33 @@ def test_cli_missing_config_file(tmp_path):
     )
     assert result.returncode == 2
     assert "config file not found" in result.stderr
+
+
+def test_filter_values_are_checked_against_what_events_carry():
+    """A typo in a filter would make the sink receive nothing, silently: it is a config error."""
+    found = problems(BASE + "    filter:\n      statuses: [completed, faild]\n      events: [run.finished, run.done]\n")
+    assert found == [
+        "sinks[0].filter.statuses[1]: input should be 'completed', 'failed', 'stopped', 'interrupted' or 'waiting'"
+        " (got 'faild')",
+        "sinks[0].filter.events[1]: input should be 'run.finished' or 'run.waiting' (got 'run.done')",
+    ]
+
+
+def test_filter_vocabulary_matches_what_the_pipeline_emits():
+    from typing import get_args
+
+    from exporter import events
+    from sinks.base import EventStatus, EventType
+
+    assert set(get_args(EventStatus)) == events.TERMINAL_STATUSES | {"waiting"}
+    assert set(get_args(EventType)) == {events.EVENT_FINISHED, events.EVENT_WAITING}
+
+
+def test_check_refuses_a_filter_typo(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(textwrap.dedent(BASE) + "    filter: {statuses: [faild]}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("duvo-exporter: error: sinks[0].filter.statuses[0]: input should be 'completed'")
