@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,9 @@ from exporter.delivery import SinkWorker
 from exporter.durations import parse_duration
 from exporter.duvo_client import DuvoClient
 from exporter.extraction import DuvoSource, Extractor, PassReport
-from exporter.state import StateStore
+from exporter.pass_record import LAST_PASS_KEY, PassRecord
+from exporter.state import StateError, StateStore
+from exporter.state_lock import StateLock
 from sinks.base import Sink
 from sinks.registry import build_sink
 
@@ -42,41 +45,60 @@ class Exporter:
         *,
         source: DuvoSource | None = None,
         sinks: Mapping[str, Sink] | None = None,
+        command: str = "run",
     ) -> None:
         self.config = config
         self.store = StateStore(config.state.path, synchronous=config.state.synchronous)
-        self._owned_client = source is None
-        self.source: Any = source or build_client(config)
-        enabled = [s for s in config.sinks if s.enabled]
-        self.sink_names = [s.name for s in enabled]
-        self.store.ensure_cursors(self.sink_names)
-        self.extractor = Extractor(
-            self.source,
-            self.store,
-            config.duvo.team_ids,
-            config.extract,
-            page_size=config.duvo.page_size,
-            start_from=config.duvo.start_from,
-            max_outbox_events=config.state.max_outbox_events,
-            seen_retention=parse_duration(config.state.seen_retention),
-        )
-        built = dict(sinks) if sinks is not None else {s.name: build_sink(s) for s in enabled}
-        self.workers = [
-            SinkWorker(
-                built[s.name],
-                s,
-                StateStore(config.state.path, synchronous=config.state.synchronous),
-                self.sink_names,
+        try:
+            self._lock = StateLock(config.state.path, command).acquire()
+        except StateError:
+            self.store.close()
+            raise
+        try:
+            self._owned_client = source is None
+            self.source: Any = source or build_client(config)
+            enabled = [s for s in config.sinks if s.enabled]
+            self.sink_names = [s.name for s in enabled]
+            self.store.ensure_cursors(self.sink_names)
+            self.extractor = Extractor(
+                self.source,
+                self.store,
+                config.duvo.team_ids,
+                config.extract,
+                page_size=config.duvo.page_size,
+                start_from=config.duvo.start_from,
+                max_outbox_events=config.state.max_outbox_events,
+                seen_retention=parse_duration(config.state.seen_retention),
             )
-            for s in enabled
-        ]
-        self.wake = {w.name: threading.Event() for w in self.workers}
-        self._threads: list[threading.Thread] = []
+            built = dict(sinks) if sinks is not None else {s.name: build_sink(s) for s in enabled}
+            self.workers = [
+                SinkWorker(
+                    built[s.name],
+                    s,
+                    StateStore(config.state.path, synchronous=config.state.synchronous),
+                    self.sink_names,
+                )
+                for s in enabled
+            ]
+            self.wake = {w.name: threading.Event() for w in self.workers}
+            self._threads: list[threading.Thread] = []
+        except BaseException:
+            self.store.close()
+            self._lock.release()
+            raise
 
     # ---- extraction --------------------------------------------------------------------------
 
     def extract(self, stop: threading.Event | None = None) -> PassReport:
-        report = self.extractor.run_pass(stop)
+        started = time.time()
+        try:
+            report = self.extractor.run_pass(stop)
+        except StateError:
+            raise  # nothing can be recorded in a state that cannot be written
+        except Exception as exc:
+            self._record_pass(PassRecord.failed(started, exc))
+            raise
+        self._record_pass(PassRecord.finished(started, report))
         log.info(
             "pass finished",
             events=report.events,
@@ -90,6 +112,13 @@ class Exporter:
         for event in self.wake.values():
             event.set()
         return report
+
+    def _record_pass(self, record: PassRecord) -> None:
+        """What `status` and the readiness check report as the last pass; never fails the pass."""
+        try:
+            self.store.set_meta(LAST_PASS_KEY, record.as_dict())
+        except StateError as exc:
+            log.warning("could not record the pass in the state file", error=str(exc))
 
     # ---- delivery ----------------------------------------------------------------------------
 
@@ -132,3 +161,4 @@ class Exporter:
         if self._owned_client:
             self.source.close()
         self.store.close()
+        self._lock.release()
