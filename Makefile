@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(VENV)/bin/duvo-exporter demo --config config/demo.yaml
+	$(VENV)/bin/duvo-exporter demo
 
 lint: venv
 	$(PY) -m ruff check exporter sinks tests bench

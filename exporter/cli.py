@@ -26,6 +26,10 @@ class UsageError(Exception):
     pass
 
 
+class _RolledBack(Exception):
+    pass
+
+
 def _load(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("DUVO_EXPORTER_CONFIG") or DEFAULT_CONFIG
     config = load_config(path)
@@ -61,7 +65,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     config = _load(args)
     stop = threading.Event()
     install_stop_handlers(stop)
-    exporter = Exporter(config)
+    exporter = Exporter(config, command="once")
     code = exitcodes.OK
     try:
         try:
@@ -80,6 +84,18 @@ def cmd_once(args: argparse.Namespace) -> int:
                 "sinks left a backlog (kept for the next run): " + ", ".join(f"{n} ({o})" for n, o in failed.items())
             )
             code = exitcodes.SINK
+        dead = {w.name: w.counters for w in exporter.workers if w.counters.rejected}
+        for name, counters in dead.items():
+            log.error(
+                "backend rejected events permanently; they are dead letters",
+                sink=name,
+                events=counters.rejected,
+                delivered=counters.delivered,
+                last_reason=counters.last_rejection,
+                hint="duvo-exporter status --dead-letters; fix the cause, then duvo-exporter replay",
+            )
+        if dead and code == exitcodes.OK:
+            code = args.dead_letter_exit_code
         return code
     finally:
         exporter.close()
@@ -107,23 +123,63 @@ def cmd_check(args: argparse.Namespace) -> int:
                 code = exitcodes.DUVO_AUTH if getattr(exc, "status", None) in (401, 403) else exitcodes.DUVO_UNAVAILABLE
     finally:
         client.close()
-    for settings in config.sinks:
+    for index, settings in enumerate(config.sinks):
+        # Named as configuration errors name them, so a failure points at the YAML.
+        label = f"sinks[{index}] ({settings.name}, {settings.type})"  # type: ignore[attr-defined]
         try:
             sink = build_sink(settings)
             try:
                 sink.healthcheck()
             finally:
                 sink.close()
-            print(f"sink {settings.name} ({settings.type}): OK")  # type: ignore[attr-defined]
+            print(f"{label}: OK")
         except (SinkError, OSError) as exc:
-            print(f"sink {settings.name} ({settings.type}): FAILED: {redact(str(exc))}")  # type: ignore[attr-defined]
+            print(f"{label}: FAILED: {redact(str(exc))}")
             code = code or exitcodes.SINK
+    state_problem = _probe_state(config.state.path)
+    if state_problem:
+        print(f"state.path ({config.state.path}): FAILED: {state_problem}")
+        code = exitcodes.STATE  # what `once` and `run` would meet first: they open the state before anything
     return code
 
 
-def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]:
-    from exporter.state import StateStore
+def _probe_state(path: str) -> str | None:
+    """Why the exporter could not open and write its state here, or None if it could.
 
+    An existing file is opened and a write transaction begun and rolled back; a new one is not
+    created, but its directory must exist or be creatable and be writable."""
+    from exporter.state import StateStore
+    from exporter.state_lock import holder_of
+
+    if os.path.exists(path):
+        try:
+            with StateStore(path, create=False) as store, store.transaction() as conn:
+                conn.execute("INSERT INTO meta(key, value) VALUES ('check_probe', '') ON CONFLICT(key) DO NOTHING")
+                raise _RolledBack  # a real write, undone: the state is left as it was
+        except _RolledBack:
+            pass
+        except StateError as exc:
+            return str(exc)
+        holder = holder_of(path)
+        print(f"state.path ({path}): OK" + (f" (in use by {holder})" if holder else ""))
+        return None
+    directory = os.path.dirname(os.path.abspath(path))
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        return f"directory {existing} is not writable, so the state file cannot be created"
+    print(f"state.path ({path}): OK (created at the first run)")
+    return None
+
+
+def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]:
+    from exporter.pass_record import LAST_PASS_KEY, PassRecord
+    from exporter.state import StateStore
+    from exporter.state_lock import holder_of
+
+    if not os.path.exists(config.state.path):
+        return {"state_path": config.state.path, "initialized": False}
     with StateStore(config.state.path, create=False) as store:
         letters = [
             {
@@ -138,8 +194,10 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
         low, high = store.outbox_bounds()
         configured = {s.name: s for s in config.sinks}
         dead = store.dead_letter_counts()
+        last_dead = store.last_dead_letters()
         sinks = []
         for cursor in store.cursors():
+            reason, failed_at = last_dead.get(cursor.sink, (None, None))
             sinks.append(
                 {
                     "name": cursor.sink,
@@ -149,6 +207,8 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
                     "backlog": store.backlog(cursor.seq),
                     "delivered": cursor.delivered,
                     "dead_letters": dead.get(cursor.sink, 0),
+                    "last_dead_letter_reason": redact(reason) if reason else None,
+                    "last_dead_letter_at": _iso(failed_at),
                     "filtered": cursor.filtered,
                     "last_success_at": _iso(cursor.last_success_at),
                     "last_error": redact(cursor.last_error) if cursor.last_error else None,
@@ -156,10 +216,24 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
                     "stopped": redact(cursor.stopped_reason) if cursor.stopped_reason else None,
                 }
             )
+        raw_pass = store.meta(LAST_PASS_KEY)
+        last_pass = None
+        if raw_pass:
+            record = PassRecord.from_dict(json.loads(raw_pass))
+            last_pass = {
+                **record.as_dict(),
+                "started_at": _iso(record.started_at),
+                "finished_at": _iso(record.finished_at),
+                "seconds": round(record.finished_at - record.started_at, 3),
+            }
+        open_jobs = store.open_run_stats()
         return {
             "state_path": config.state.path,
+            "initialized": True,
+            "writer": holder_of(config.state.path),
+            "last_pass": last_pass,
             "checkpoints": store.checkpoints(),
-            "open_jobs": store.open_run_stats(),
+            "open_jobs": {**open_jobs, "next_check_at": _iso(open_jobs["next_check_at"])},
             "outbox": {"events": store.outbox_size(), "first_seq": low, "last_seq": high},
             "sinks": sinks,
             **({"dead_letters": letters} if dead_letters else {}),
@@ -173,6 +247,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, default=str))
         return exitcodes.OK
     print(f"state: {data['state_path']}")
+    if not data["initialized"]:
+        print("no state yet: the exporter has not run with this config (status fills in after the first pass)")
+        return exitcodes.OK
+    print(f"writer: {data['writer'] or 'none running'}")
+    last = data["last_pass"]
+    if last is None:
+        print("last pass: none recorded yet")
+    else:
+        detail = f"{last['events']} event(s), {last['requests']} request(s), {last['seconds']:g}s"
+        print(
+            f"last pass: {last['outcome']} at {last['finished_at']} ({detail})"
+            + (f": {last['error']}" if last["error"] else "")
+        )
     for team, checkpoint in data["checkpoints"].items():
         print(f"checkpoint: team {team}: Jobs created up to {checkpoint} read")
     open_jobs = data["open_jobs"]
@@ -182,21 +269,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'sink':<16} {'backlog':>8} {'delivered':>10} {'dead':>6}  last error")
     for sink in data["sinks"]:
         note = (sink["stopped"] and f"STOPPED: {sink['stopped']}") or sink["last_error"] or "-"
+        if sink["dead_letters"]:
+            note += f"; last dead letter: {sink['last_dead_letter_reason']}"
         if not sink["configured"]:
             note = "(no longer configured) " + note
         print(f"{sink['name']:<16} {sink['backlog']:>8} {sink['delivered']:>10} {sink['dead_letters']:>6}  {note}")
     if args.dead_letters:
-        print(f"dead letters: {len(data['dead_letters'])} (re-send with: duvo-exporter replay --dead-letters)")
+        print(f"dead letters: {len(data['dead_letters'])} (re-send with: duvo-exporter replay)")
         for letter in data["dead_letters"]:
             print(f"  {letter['sink']}  {letter['run_id']}  {letter['failed_at']}  {letter['reason']}")
     return exitcodes.OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    if not args.dead_letters:
-        raise UsageError("replay needs --dead-letters (the only thing it replays today)")
     from exporter.delivery import replay_dead_letters
     from exporter.state import StateStore
+    from exporter.state_lock import StateLock
     from sinks.registry import build_sink
 
     config = _load(args)
@@ -204,7 +292,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.sink and not targets:
         raise UsageError(f"no sink named {args.sink!r} in the config")
     code = exitcodes.OK
-    with StateStore(config.state.path, create=False) as store:
+    with StateStore(config.state.path, create=False) as store, StateLock(config.state.path, "replay"):
         for settings in targets:
             if not store.dead_letters(settings.name):
                 continue
@@ -217,8 +305,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 f"sink {settings.name}: {delivered} delivered, {still} rejected again"
                 + (f", stopped: {error}" if error else "")
             )
-            if still or error:
+            if error:
                 code = exitcodes.SINK
+            elif still and code == exitcodes.OK:
+                code = exitcodes.DEAD_LETTERS
     return code
 
 
@@ -229,18 +319,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from exporter.simulator import SimulatorOptions, serve_forever
+    from exporter.simulator import Simulator, SimulatorOptions, serve_forever
 
-    options = SimulatorOptions(
-        seed=args.seed,
-        jobs_per_second=args.jobs_per_second,
-        late_fraction=args.late_fraction,
-        time_scale=args.time_scale,
-        backfill=args.backfill,
-        requests_per_minute=args.requests_per_minute or None,
-    )
-    print(f"Duvo API simulator on http://127.0.0.1:{args.port}/v2 (API key dv_sim_key, team team-sim)", flush=True)
-    serve_forever(options, "127.0.0.1", args.port)
+    try:
+        options = SimulatorOptions(
+            seed=args.seed,
+            jobs_per_second=args.jobs_per_second,
+            late_fraction=args.late_fraction,
+            time_scale=args.time_scale,
+            backfill=args.backfill,
+            requests_per_minute=args.requests_per_minute or None,
+        )
+    except ValueError as exc:
+        raise UsageError(f"simulate: {exc}") from None
+
+    def announce(simulator: Simulator) -> None:
+        print(f"Duvo API simulator on {simulator.url} (API key dv_sim_key, team team-sim)", flush=True)
+
+    try:
+        serve_forever(options, "127.0.0.1", args.port, on_ready=announce)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
     return exitcodes.OK
 
 
@@ -262,17 +361,18 @@ def _error(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info (warning for demo, which prints its own progress)",
+    )
+    common = argparse.ArgumentParser(add_help=False, parents=[logging_options])
     common.add_argument(
         "--config",
         "-c",
         metavar="PATH",
         help=f"YAML config file (default: $DUVO_EXPORTER_CONFIG, else {DEFAULT_CONFIG})",
-    )
-    common.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        help="default: info (warning for demo, which prints its own progress)",
     )
     parser = argparse.ArgumentParser(
         prog="duvo-exporter",
@@ -283,10 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"duvo-exporter {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        help_text: str,
+        parents: Sequence[argparse.ArgumentParser] = (common,),
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
-            parents=[common],
+            parents=list(parents),
             help=help_text,
             description=help_text,
             epilog=exitcodes.DESCRIPTION,
@@ -296,7 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     add("run", cmd_run, "run the daemon: a pass at start and then on schedule; sinks deliver continuously")
-    add("once", cmd_once, "one pass, deliver the backlog to every sink, exit (for cron and Kubernetes CronJobs)")
+    once = add("once", cmd_once, "one pass, deliver the backlog to every sink, exit (for cron and Kubernetes CronJobs)")
+    once.add_argument(
+        "--dead-letter-exit-code",
+        type=int,
+        default=exitcodes.DEAD_LETTERS,
+        choices=range(256),
+        metavar="CODE",
+        help=f"exit code when a backend rejected events permanently (default {exitcodes.DEAD_LETTERS}; "
+        "0 accepts dead letters as success)",
+    )
     check = add("check", cmd_check, "validate the configuration; with --connect also try the Duvo key and every sink")
     check.add_argument("--connect", action="store_true", help="also contact the Duvo API and every sink")
     status = add("status", cmd_status, "show checkpoints, open Jobs, backlog and last error per sink")
@@ -305,21 +419,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--dead-letters", action="store_true", help="also list each dead-lettered event with the backend's reason"
     )
     replay = add("replay", cmd_replay, "send dead-lettered events again (after fixing what the backend rejected)")
-    replay.add_argument("--dead-letters", action="store_true", help="replay the dead letters")
+    replay.add_argument(
+        "--dead-letters", action="store_true", help="replay the dead letters (the default; accepted for scripts)"
+    )
     replay.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")
     demo = add("demo", cmd_demo, "run the exporter against the embedded Duvo simulator (no credentials needed)")
     demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long to run (default 20)")
     demo.add_argument("--output", metavar="PATH", help="where the file sink writes (default: the demo config's)")
-    sim = add("simulate", cmd_simulate, "serve the Duvo API simulator alone on 127.0.0.1")
-    sim.add_argument("--port", type=int, default=8787, help="default 8787")
-    sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--jobs-per-second", type=float, default=2.0)
-    sim.add_argument("--late-fraction", type=float, default=0.3, help="share of Jobs that finish much later")
-    sim.add_argument(
-        "--time-scale", type=float, default=60.0, help="simulated seconds per real second for Job lifecycles"
+    sim = add(
+        "simulate", cmd_simulate, "serve the Duvo API simulator alone on 127.0.0.1", parents=(logging_options,)
     )
-    sim.add_argument("--backfill", type=int, default=500, help="Jobs created before the simulator started")
-    sim.add_argument("--requests-per-minute", type=int, default=300, help="per-key rate limit (0 = none)")
+    sim.add_argument("--port", type=int, default=8787, help="TCP port on 127.0.0.1 (default 8787)")
+    sim.add_argument(
+        "--seed", type=int, default=1, help="seed for Job ids, Assignments and lifecycles: same seed, same Jobs"
+    )
+    sim.add_argument(
+        "--jobs-per-second", type=float, default=2.0, metavar="RATE", help="new Jobs created per second (default 2)"
+    )
+    sim.add_argument(
+        "--late-fraction", type=float, default=0.3, help="share of Jobs that finish much later (default 0.3)"
+    )
+    sim.add_argument(
+        "--time-scale",
+        type=float,
+        default=60.0,
+        help="simulated seconds per real second for Job lifecycles (default 60)",
+    )
+    sim.add_argument(
+        "--backfill",
+        type=int,
+        default=500,
+        metavar="JOBS",
+        help="Jobs already there when the simulator starts, created over the day before (default 500)",
+    )
+    sim.add_argument("--requests-per-minute", type=int, default=300, help="per-key rate limit (0 = none; default 300)")
     return parser
 
 
@@ -330,6 +463,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (`status --json | head`): nothing is wrong with the exporter. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return exitcodes.OK
     except ConfigError as exc:
         for problem in exc.problems:
             _error(problem)

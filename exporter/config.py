@@ -314,7 +314,9 @@ def _validate_sinks(raw: Any, problems: list[str]) -> list[SinkSettings]:
             problems.append(f"{where}.type: sink type {kind!r} is not available: {exc}")
             continue
         try:
-            sinks.append(model.model_validate(entry))
+            sink = model.model_validate(entry)
+            sink.config_path = where
+            sinks.append(sink)
         except ValidationError as exc:
             problems.extend(_format_errors(exc, ("sinks", index)))
     names = [s.name for s in sinks]
@@ -356,7 +358,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
         )
     for sink in sinks:
         if sink.tls.insecure_skip_verify:
-            config.warnings.append(f"sinks[{sink.name}]: TLS certificate verification is OFF")
+            config.warnings.append(f"{sink.config_path} ({sink.name}): TLS certificate verification is OFF")
     if config.duvo.tls.insecure_skip_verify:
         config.warnings.append("duvo: TLS certificate verification is OFF")
     return config

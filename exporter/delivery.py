@@ -40,6 +40,7 @@ class SinkCounters:
     filtered: int = 0
     retries: int = 0
     last_error: str | None = None
+    last_rejection: str | None = None  # the backend's reason for the newest dead letter
 
 
 class SinkStopped(Exception):
@@ -124,10 +125,6 @@ class SinkWorker:
                     error=result.error,
                 )
             )
-        for event, reason in dead:
-            log.warning(
-                "backend rejected event permanently; dead-lettered", sink=self.name, run_id=event.run_id, reason=reason
-            )
         if result.error:
             self.counters.last_error = result.error
             if not finished:
@@ -151,6 +148,8 @@ class SinkWorker:
         self.counters.delivered += advance.delivered
         self.counters.filtered += advance.filtered
         self.counters.rejected += len(advance.dead)
+        if advance.dead:
+            self.counters.last_rejection = advance.dead[-1][1]
         self._batches_since_prune += 1
         if self._batches_since_prune >= PRUNE_EVERY_BATCHES:
             self.prune()
@@ -226,7 +225,17 @@ class SinkWorker:
 
     def _run_once(self, stop: threading.Event, wake: threading.Event, attempt: int) -> tuple[int, float, bool]:
         """One step of the daemon loop: (next attempt number, seconds to wait, sink stopped)."""
+        rejected_before = self.counters.rejected
         finished, result = self.deliver_batch()
+        if self.counters.rejected > rejected_before:
+            # One line per batch, not per event: a bad field can reject thousands in a row.
+            log.warning(
+                "backend rejected events permanently; dead-lettered",
+                sink=self.name,
+                events=self.counters.rejected - rejected_before,
+                reason=self.counters.last_rejection,
+                hint="duvo-exporter status --dead-letters",
+            )
         if result is None and finished == 0:
             self.prune()
             wake.wait(self.settings.batch.flush_interval or 1.0)
@@ -276,7 +285,7 @@ def replay_dead_letters(sink: Sink, settings: SinkSettings, store: StateStore) -
         done = min(result.done, len(chunk))
         rejected = {r.index: r.reason for r in result.rejected if r.index < done}
         resolved = [letter.id for i, letter in enumerate(chunk[:done]) if i not in rejected]
-        store.resolve_dead_letters(resolved, [(chunk[i].id, reason) for i, reason in rejected.items()])
+        store.resolve_dead_letters(settings.name, resolved, [(chunk[i].id, reason) for i, reason in rejected.items()])
         delivered += len(resolved)
         still += len(rejected)
         if result.error and done < len(chunk):

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 
 from exporter import exitcodes
@@ -18,6 +19,8 @@ from exporter.pipeline import Exporter
 from exporter.simulator import Simulator, SimulatorOptions
 
 TERMINAL = {"completed", "failed", "stopped", "interrupted"}
+# Shipped inside the package, so `duvo-exporter demo` works wherever it is installed.
+DEMO_CONFIG = str(resources.files("exporter") / "demo.yaml")
 
 
 def _say(text: str) -> None:
@@ -37,7 +40,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     with Simulator(options).start() as simulator:
         os.environ["DUVO_SIM_URL"] = simulator.url
-        config = load_config(args.config or "config/demo.yaml")
+        config = load_config(args.config or DEMO_CONFIG)
         if args.output:
             config.sinks[0].path = args.output  # type: ignore[attr-defined]
         for secret in config.secrets():
@@ -49,7 +52,7 @@ def run_demo(args: argparse.Namespace) -> int:
             stale.unlink(missing_ok=True)
         _say(f"Duvo API simulator: {simulator.url} (400 Jobs from the last 30 min, ~4 new Jobs/s, 30% finish late)")
         _say(f"Exporting every {config.schedule.every} to {output} for {args.duration:g}s ...")
-        exporter = Exporter(config)
+        exporter = Exporter(config, command="demo")
         stop = threading.Event()
         exporter.start_workers(stop)
         started = time.monotonic()

@@ -7,6 +7,7 @@ STATE = 3  # the state file cannot be used (corrupt, foreign, newer, unwritable)
 DUVO_AUTH = 4  # the Duvo API rejected the key (401/403); fix duvo.api_key
 DUVO_UNAVAILABLE = 5  # the Duvo API stayed unavailable after retries; state is consistent, run again
 SINK = 6  # a sink could not deliver (its backlog is kept) or failed `check --connect`
+DEAD_LETTERS = 7  # `once`/`replay`: a backend rejected events permanently (see status --dead-letters)
 
 DESCRIPTION = """exit codes:
   0  success
@@ -15,4 +16,7 @@ DESCRIPTION = """exit codes:
   3  state file unusable: corrupt, another application's, newer version, unwritable
   4  the Duvo API rejected the API key (401/403)
   5  the Duvo API stayed unavailable after retries (state is consistent; run again)
-  6  a sink could not deliver (its backlog is kept) or failed check --connect"""
+  6  a sink could not deliver (its backlog is kept) or failed check --connect
+  7  a backend rejected events permanently: they are dead letters (once, replay;
+     see status --dead-letters; once --dead-letter-exit-code 0 accepts them)
+ (a closed stdout, as in `status --json | head`, ends a command quietly)"""

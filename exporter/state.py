@@ -453,10 +453,27 @@ class StateStore:
             self._conn.execute("SELECT sink, count(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY sink")
         )
 
-    def resolve_dead_letters(self, resolved: Sequence[int], still_failing: Sequence[tuple[int, str]]) -> None:
+    def last_dead_letters(self) -> dict[str, tuple[str, float]]:
+        """sink -> (reason, failed_at) of its newest pending dead letter."""
+        rows = self._conn.execute(
+            "SELECT sink, reason, failed_at FROM dead_letters WHERE id IN "
+            "(SELECT max(id) FROM dead_letters WHERE replayed_at IS NULL GROUP BY sink)"
+        )
+        return {sink: (reason, failed_at) for sink, reason, failed_at in rows}
+
+    def resolve_dead_letters(
+        self, sink: str, resolved: Sequence[int], still_failing: Sequence[tuple[int, str]]
+    ) -> None:
+        """Mark replayed dead letters delivered (they count as delivered by ``sink`` from now on)."""
         now = time.time()
         with self.transaction() as conn:
             conn.executemany("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(now, i) for i in resolved])
+            if resolved:
+                conn.execute(
+                    "UPDATE sink_cursors SET delivered = delivered + ?, rejected = max(0, rejected - ?), "
+                    "last_success_at = ? WHERE sink = ?",
+                    (len(resolved), len(resolved), now, sink),
+                )
             conn.executemany(
                 "UPDATE dead_letters SET reason = ?, failed_at = ? WHERE id = ?",
                 [(reason, now, i) for i, reason in still_failing],

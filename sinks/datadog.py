@@ -106,6 +106,7 @@ class DatadogSinkSettings(SinkSettings):
 class DatadogSink:
     def __init__(self, settings: DatadogSinkSettings) -> None:
         self.name = settings.name
+        self._where = settings.config_path
         self._service = settings.service
         self._hostname = settings.hostname or socket.gethostname()
         self._tags = tuple(settings.tags)
@@ -170,7 +171,7 @@ class DatadogSink:
             raise SinkError(f"Datadog key validation failed: {type(exc).__name__}: {one_line(exc)}") from None
         valid = answer.get("valid") if hasattr(answer, "get") else None
         if valid is not True:
-            raise SinkError(f"Datadog did not confirm the API key of sinks[{self.name}] (answer: {valid!r})")
+            raise SinkError(f"Datadog did not confirm the API key of {self._where} (answer: {valid!r})")
 
     def close(self) -> None:
         self._client.close()
@@ -232,13 +233,13 @@ class DatadogSink:
             return Verdict(
                 Kind.FATAL,
                 f"{self.intake_url}/api/v2/logs is not a Datadog logs intake ({_describe(exc)}): "
-                f"check sinks[{self.name}].url and site",
+                f"check {self._where}.url and site",
             )
         # 408, 429, 5xx, and anything unexpected (a 3xx from a proxy, a stray 4xx): keep the events.
         return Verdict(Kind.RETRY, f"Datadog: {_describe(exc)}", retry_after=_retry_after(exc.headers))
 
     def _key_message(self, exc: ApiException) -> str:
-        return f"Datadog rejected the API key ({_status_line(exc)}): check sinks[{self.name}].api_key and site"
+        return f"Datadog rejected the API key ({_status_line(exc)}): check {self._where}.api_key and site"
 
 
 def _status_line(exc: ApiException) -> str:

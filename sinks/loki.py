@@ -117,6 +117,7 @@ class LokiSink:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.name = settings.name
+        self._where = settings.config_path
         self._settings = settings
         self._push_url = settings.url + PUSH_PATH
         self._encoder = Encoder(
@@ -246,12 +247,12 @@ class LokiSink:
             hint = "check basic_auth / bearer_token and tenant_id"
             return Verdict(
                 Kind.FATAL,
-                f"loki sink '{self.name}': push refused with HTTP {status} ({hint}): {self._clean(text)[:200]}",
+                f"Loki: push refused with HTTP {status} ({hint}): {self._clean(text)[:200]}",
             )
         if status in (404, 405) or 300 <= status < 400:
             return Verdict(
                 Kind.FATAL,
-                f"loki sink '{self.name}': HTTP {status} for {self._push_url}: check url (Loki's base URL)",
+                f"Loki: HTTP {status} for {self._push_url}: check {self._where}.url (Loki's base URL)",
             )
         if status == 413:
             return Verdict(Kind.TOO_LARGE, reason)
@@ -267,14 +268,14 @@ class LokiSink:
         for needle, hint in _CONFIG_PROBLEMS:
             if needle in text:
                 return Verdict(
-                    Kind.FATAL, f"loki sink '{self.name}': Loki refused the stream ({hint}): {self._clean(text)[:300]}"
+                    Kind.FATAL, f"Loki refused the stream ({hint}): {self._clean(text)[:300]}"
                 )
         if "request body too large" in text:
             return Verdict(Kind.TOO_LARGE, reason)
         too_long = _LABEL_VALUE_TOO_LONG.search(text)
         if too_long is not None:
             if too_long.group(1) in self._settings.labels.values():
-                return Verdict(Kind.FATAL, f"loki sink '{self.name}': a static label value is too long for Loki")
+                return Verdict(Kind.FATAL, "Loki: a static label value is too long for Loki")
             # A per-event label value (status, agent_id): every entry of this stream shares it.
             why = self._clean(text)
             return Verdict(Kind.OK, rejected=tuple(Rejection(i, why) for i in range(len(entries))))
@@ -297,13 +298,13 @@ class LokiSink:
                 url + "/ready", auth=self._auth(), timeout=self._settings.timeout, verify=self._verify
             )
         except requests.RequestException as exc:
-            raise SinkError(f"loki sink '{self.name}': cannot reach {url}: {type(exc).__name__}") from None
+            raise SinkError(f"Loki: cannot reach {url}: {type(exc).__name__}") from None
         if ready.status_code in (401, 403):
-            raise SinkError(f"loki sink '{self.name}': credentials refused (HTTP {ready.status_code}) at {url}/ready")
+            raise SinkError(f"Loki: credentials refused (HTTP {ready.status_code}) at {url}/ready")
         # Hosted gateways (Grafana Cloud) do not expose /ready; the push check below covers them.
         if ready.status_code != 200 and not (credentials and ready.status_code == 404):
             answer = self._clean(ready.text)[:200]
-            raise SinkError(f"loki sink '{self.name}': {url}/ready answered HTTP {ready.status_code}: {answer}")
+            raise SinkError(f"Loki: {url}/ready answered HTTP {ready.status_code}: {answer}")
         if not (credentials or self._settings.tenant_id):
             return
         # An empty push proves write access without storing anything, and works with write-only
@@ -319,14 +320,14 @@ class LokiSink:
                 verify=self._verify,
             )
         except requests.RequestException as exc:
-            raise SinkError(f"loki sink '{self.name}': cannot reach {self._push_url}: {type(exc).__name__}") from None
+            raise SinkError(f"Loki: cannot reach {self._push_url}: {type(exc).__name__}") from None
         if probe.status_code in (401, 403):
             raise SinkError(
-                f"loki sink '{self.name}': push credentials refused (HTTP {probe.status_code}): "
+                f"Loki: push credentials refused (HTTP {probe.status_code}): "
                 f"{self._clean(probe.text)[:200]}"
             )
         if probe.status_code in (404, 405) or probe.status_code >= 500:
-            raise SinkError(f"loki sink '{self.name}': {self._push_url} answered HTTP {probe.status_code}")
+            raise SinkError(f"Loki: {self._push_url} answered HTTP {probe.status_code}")
 
     def close(self) -> None:
         self._session.close()

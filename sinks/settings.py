@@ -6,7 +6,7 @@ Each backend module declares its own settings model deriving from `SinkSettings`
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from sinks.base import EventStatus, EventType
 
@@ -72,6 +72,17 @@ class SinkSettings(StrictModel):
     tls: TLSSettings = Field(default_factory=TLSSettings)
     filter: FilterSettings = Field(default_factory=FilterSettings)
     fields: FieldSettings = Field(default_factory=FieldSettings)
+    # Where this sink sits in the YAML ("sinks[1]"), set by the config loader, so that a sink's
+    # own messages ("check sinks[1].api_key") point where configuration errors point.
+    _config_path: str | None = PrivateAttr(default=None)
+
+    @property
+    def config_path(self) -> str:
+        return self._config_path or f"sinks[{self.name}]"
+
+    @config_path.setter
+    def config_path(self, value: str) -> None:
+        self._config_path = value
 
     @model_validator(mode="after")
     def _backoff_order(self) -> SinkSettings:

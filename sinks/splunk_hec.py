@@ -120,7 +120,7 @@ class SplunkHecSink:
     def __init__(self, settings: SplunkHecSinkSettings) -> None:
         self.name = settings.name
         self._settings = settings
-        self._where = f"sinks[{settings.name}]"
+        self._where = settings.config_path
         self._event_url = settings.url + EVENT_PATH
         self._health_url = settings.url + HEALTH_PATH
         self._verify = settings.tls.requests_verify()

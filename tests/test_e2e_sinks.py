@@ -92,8 +92,14 @@ def test_dead_letters_are_listed_and_replayed_once_fixed(sim, tmp_path):
   url: {dd.url}
 """
         config = write_config(tmp_path, sim.url, sinks=sinks)
-        assert cli("once", "--config", str(config)).returncode == 0
+        once = cli("once", "--config", str(config))
+        assert once.returncode == 7, once.stderr  # everything else delivered, one dead letter
         assert {log["run_id"] for log in dd.stored} == set(jobs) - {jobs[3]}
+        # one summary line naming the count and the reason, not a warning per event
+        [summary] = [json.loads(line) for line in once.stderr.splitlines() if "dead letters" in line]
+        assert summary["events"] == 1 and "attribute too large" in summary["last_reason"]
+        accepted = cli("once", "--dead-letter-exit-code", "0", "--config", str(config))
+        assert accepted.returncode == 0, accepted.stderr  # nothing new was dead-lettered
 
         listing = cli("status", "--dead-letters", "--config", str(config))
         assert "dead letters: 1" in listing.stdout
@@ -102,11 +108,17 @@ def test_dead_letters_are_listed_and_replayed_once_fixed(sim, tmp_path):
         [letter] = data["dead_letters"]
         assert letter["run_id"] == jobs[3] and letter["sink"] == "dd"
 
-        again = cli("replay", "--dead-letters", "--config", str(config))  # still rejected
-        assert again.returncode == 6 and "1 rejected again" in again.stdout
+        [sink] = data["sinks"]
+        assert sink["dead_letters"] == 1 and "attribute too large" in sink["last_dead_letter_reason"]
+        assert sink["delivered"] == 9
+        assert "last dead letter: " in listing.stdout
+
+        again = cli("replay", "--config", str(config))  # still rejected; --dead-letters is the default
+        assert again.returncode == 7 and "1 rejected again" in again.stdout
         dd.clear_rejections()  # the backend was fixed
         fixed = cli("replay", "--dead-letters", "--config", str(config))
         assert fixed.returncode == 0 and "1 delivered, 0 rejected again" in fixed.stdout
         assert sorted(log["run_id"] for log in dd.stored) == sorted(jobs)
         data = json.loads(cli("status", "--json", "--dead-letters", "--config", str(config)).stdout)
         assert data["dead_letters"] == [] and data["sinks"][0]["dead_letters"] == 0
+        assert data["sinks"][0]["delivered"] == 10  # the replayed event counts as delivered

@@ -400,7 +400,7 @@ def test_one_event_refused_permanently_is_dead_lettered_then_replayed(backend, s
     backend.reject(bad)
     config = configure(tmp_path, sim, backend)
     result = once(config)
-    assert result.returncode == 0, result.stderr  # a dead letter is an outcome, not a failure
+    assert result.returncode == 7, result.stderr  # delivered but for one dead letter: said by the exit code
     reference = file_ids(tmp_path)
     assert bad in reference
     assert_in_order(backend, backend.stored_ids(), reference, except_=bad)  # all the others, each once
@@ -414,7 +414,7 @@ def test_one_event_refused_permanently_is_dead_lettered_then_replayed(backend, s
 
     # Still refused: replay says so and keeps the dead letter.
     result = cli_in_process("replay", "--dead-letters", "--config", str(config))
-    assert result.returncode == 6
+    assert result.returncode == 7
     assert "sink remote: 0 delivered, 1 rejected again" in result.stdout
     assert sink_status(config)[1]["remote"]["dead_letters"] == 1
 
@@ -425,6 +425,7 @@ def test_one_event_refused_permanently_is_dead_lettered_then_replayed(backend, s
     assert backend.stored_ids() == [bad]
     _, sinks = sink_status(config)
     assert sinks["remote"]["dead_letters"] == 0
+    assert sinks["remote"]["delivered"] == JOBS
     with StateStore(str(tmp_path / "state.db"), create=False) as store:
         assert store.dead_letters("remote") == []
         resolved = store.dead_letters("remote", pending_only=False)

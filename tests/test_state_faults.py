@@ -158,9 +158,14 @@ def test_read_only_directory_without_a_state_file(sim):
         os.chmod(state_dir, 0o555)
         for command in ("once", "run"):
             assert_refused(unprivileged_cli(command, "--config", str(config)), "cannot create state file")
-        assert_refused(unprivileged_cli("status", "--config", str(config)), "does not exist")
+        status = unprivileged_cli("status", "--config", str(config))
+        assert status.returncode == 0 and "no state yet" in status.stdout, status.stderr
+        assert sim.stats()["requests_total"] == 0  # refused before talking to Duvo
+        # `check --connect` finds it before `once` does
+        check = unprivileged_cli("check", "--connect", "--config", str(config))
+        assert check.returncode == 3, check.stdout + check.stderr
+        assert f"state.path ({state_dir / 'state.db'}): FAILED: directory {state_dir} is not writable" in check.stdout
         assert list(state_dir.iterdir()) == []
-        assert sim.stats()["requests_total"] == 0
 
 
 @pytest.mark.parametrize(
@@ -186,6 +191,11 @@ def test_existing_state_that_cannot_be_written(sim, directory_mode, file_mode):
         for command in ("once", "run"):
             assert_refused(unprivileged_cli(command, "--config", str(config)), "not writable")
             assert state.read_bytes() == before
+        check = unprivileged_cli("check", "--connect", "--config", str(config))
+        assert check.returncode == 3, check.stdout + check.stderr
+        [line] = [line for line in check.stdout.splitlines() if line.startswith("state.path")]
+        assert line.startswith(f"state.path ({state}): FAILED: state file") and "not writable" in line, line
+        assert state.read_bytes() == before
         result = unprivileged_cli("status", "--config", str(config))
         if directory_mode & 0o200:
             assert result.returncode == 0, result.stderr  # SQLite could add its -shm beside the file

@@ -6,6 +6,7 @@ with Simulator(SimulatorOptions(backfill=1000)) as sim:
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -91,12 +92,25 @@ class Simulator:
         self.stop()
 
 
-def serve_forever(options: SimulatorOptions, host: str = "127.0.0.1", port: int = 0) -> None:
-    """Serve until interrupted (`duvo-exporter simulate --port N`)."""
+def serve_forever(
+    options: SimulatorOptions,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    on_ready: Callable[[Simulator], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT (`duvo-exporter simulate --port N`).
+
+    ``on_ready`` runs once the port is bound, so nothing claims success for a port that turns out
+    to be busy (that raises OSError before it). SIGTERM is handled explicitly because as a
+    container's PID 1 the process gets no default action for it."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     simulator = Simulator(options, host=host, port=port).start()
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        if on_ready is not None:
+            on_ready(simulator)
+        while not stop.wait(0.5):
+            pass
     finally:
         simulator.stop()
