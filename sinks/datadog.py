@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -24,6 +25,8 @@ from datadog_api_client.v2.api.logs_api import LogsApi
 from datadog_api_client.v2.model.content_encoding import ContentEncoding
 from pydantic import Field, SecretStr, field_validator
 
+from exporter import timestamps
+from exporter.durations import parse_duration
 from exporter.ratelimit import retry_after_seconds
 from sinks import datadog_encode as encode
 from sinks.base import Event, SendResult, SinkError, one_line
@@ -69,6 +72,25 @@ class DatadogSinkSettings(SinkSettings):
     batch: BatchSettings = Field(
         default_factory=lambda: BatchSettings(max_events=encode.MAX_ENTRIES, max_bytes=4_500_000)
     )
+    # Seconds (YAML: 17h, 90m, ...): a Job time at most this old is sent as the log's `date`; an
+    # older one is left for the intake to stamp on receipt. 0 never sends a date.
+    date_max_age: float = encode.DEFAULT_DATE_MAX_AGE
+
+    @field_validator("date_max_age", mode="before")
+    @classmethod
+    def _date_max_age(cls, value: object) -> float:
+        if not isinstance(value, str | int | float):  # a list or mapping: parse_duration would not say ValueError
+            raise ValueError("expected a duration like 17h or 90m")
+        seconds = parse_duration(value)
+        if not seconds >= 0:  # NaN (YAML .nan) would compare false with every age and always send a date
+            raise ValueError("expected a duration like 17h or 90m")
+        if seconds >= encode.INTAKE_MAX_AGE:
+            # At 18 h or more the log would be dropped by the intake (202, stored nowhere).
+            raise ValueError(
+                "must be less than 18h: Datadog's intake drops logs dated 18 h or more in the past "
+                "(17h, the default, leaves 1 h for clock skew and delivery)"
+            )
+        return seconds
 
     @field_validator("api_key")
     @classmethod
@@ -104,9 +126,12 @@ class DatadogSinkSettings(SinkSettings):
 
 
 class DatadogSink:
-    def __init__(self, settings: DatadogSinkSettings) -> None:
+    def __init__(self, settings: DatadogSinkSettings, *, clock: Callable[[], datetime] = timestamps.now) -> None:
         self.name = settings.name
         self._where = settings.config_path
+        self._clock = clock
+        self._date_max_age = settings.date_max_age
+        self._now = clock()  # the current send attempt's time, for the `date` decision
         self._service = settings.service
         self._hostname = settings.hostname or socket.gethostname()
         self._tags = tuple(settings.tags)
@@ -151,6 +176,10 @@ class DatadogSink:
 
     def send(self, events: Sequence[Event]) -> SendResult:
         self._encoded.clear()
+        # Whether a log carries its Job's time is decided once per attempt, at send time: the
+        # pipeline's retry is a new send(), so an event that waited past date_max_age for it is
+        # re-encoded without a date rather than sent with one the intake would drop.
+        self._now = self._clock()
         try:
             return send_splitting(events, self._post)
         finally:
@@ -183,7 +212,13 @@ class DatadogSink:
         if cached is not None:
             return cached
         try:
-            entry = encode.to_log(event, service=self._service, hostname=self._hostname, tags=self._tags)
+            entry = encode.to_log(
+                event,
+                service=self._service,
+                hostname=self._hostname,
+                tags=self._tags,
+                date=encode.log_date(event, self._now, self._date_max_age),
+            )
             entry, size = encode.fit(entry)
             result: tuple[dict[str, Any], int] | str = (entry, size)
         except (TypeError, ValueError, AttributeError, RecursionError) as exc:  # not JSON: NaN, sets, ...

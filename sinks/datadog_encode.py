@@ -7,9 +7,14 @@ attributes, docs.datadoghq.com/logs/log_configuration/pipelines/#preprocessing):
   the first letter (docs .../processors/log_status_remapper): a Job status sent there would file
   every ``completed`` Job as critical ("c") and every ``failed`` one as emergency ("f").
 - date: ``@timestamp``, ``timestamp``, ``_timestamp``, ``Timestamp``, ``eventTime``, ``date``,
-  ``published_date``, ``syslog.timestamp``; a log whose date is over 18 h old is dropped by the
-  intake, and a Job exported after an outage would be that old. So no date is sent: the intake
-  stamps the log on receipt, and the Job's own times stay in non-reserved ``*_at`` attributes.
+  ``published_date``, ``syslog.timestamp``. The intake accepts dates "up to 18 hours in the past
+  and two hours in the future" (docs .../processors/log_date_remapper) and answers 202 for the
+  others all the same, then drops them (docs .../logs/troubleshooting: "Logs with a timestamp
+  further than 18 hours in the past are dropped at intake"). So the Job's time is sent as ``date``
+  (epoch milliseconds, a format the date remapper reads) only while it is safely inside that
+  window (see `log_date`); an older event, such as one exported after an outage, goes without a
+  date and the intake stamps it on receipt. The Job's own times always stay in the ``*_at``
+  attributes.
 - host (``host``, ``hostname``, ``syslog.hostname``), service (``service``, ``syslog.appname``),
   message, trace id (``dd.trace_id``, ``contextMap.dd.trace_id``), source, tags.
 
@@ -21,7 +26,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from exporter import timestamps
 
 SOURCE = "duvo"
 
@@ -37,6 +45,21 @@ MAX_LOG_BYTES = 1_000_000
 # so trimming anything smaller might not save a byte.
 PREVIEW_CHARS = 1024
 _TRIM_ABOVE = 8 * PREVIEW_CHARS
+
+# The intake's accepted dates (see the module docstring), in seconds from the time it receives the
+# log. A date is sent only up to DEFAULT_DATE_MAX_AGE old: the margin below 18 h covers the time
+# between encoding and the intake reading the log, and clock skew between this host and Datadog.
+INTAKE_MAX_AGE = 18 * 3600
+DEFAULT_DATE_MAX_AGE = 17 * 3600
+# A Job time ahead of this host's clock by more than this is not a clock difference between Duvo
+# and us but a wrong time (the intake would take up to 2 h): it is not sent as the log's date.
+MAX_FUTURE_SKEW = 5 * 60
+
+# Where the log's date comes from, first readable wins: the Job's completion, the source record's
+# (when `fields` shaping removed or renamed the top-level one), else when the exporter saw the Job
+# in this state (a run.waiting event has no completion time).
+_DATE_SOURCES = ("completed_at", "run.completed_at", "exported_at")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Names Datadog interprets at the top level of a log (see the module docstring). Event fields with
 # these names are renamed; the ones this module sets itself are written after the renaming.
@@ -55,7 +78,7 @@ RESERVED = frozenset(
 # Attributes that identify the log; never trimmed to make an oversized log fit.
 _CORE = frozenset(
     {
-        "ddsource", "service", "hostname", "ddtags", "message", "status", "job_status",
+        "ddsource", "service", "hostname", "ddtags", "message", "status", "job_status", "date",
         "run_id", "event_id", "event", "team_id", "agent_id",
     }
 )  # fmt: skip
@@ -97,8 +120,50 @@ def _attribute_name(key: str) -> str:
     return key
 
 
-def to_log(event: Mapping[str, Any], *, service: str, hostname: str, tags: Iterable[str] = ()) -> dict[str, Any]:
-    """The Datadog log entry for one event: Datadog's own fields plus the event's fields as attributes."""
+def _source_time(event: Mapping[str, Any], path: str) -> datetime | None:
+    holder: Any = event
+    for part in path.split("."):
+        if not isinstance(holder, Mapping):
+            return None
+        holder = holder.get(part)
+    try:
+        return timestamps.parse(holder)
+    except OverflowError:  # a year-1 or year-9999 time with an offset: no moment in UTC, so no date
+        return None
+
+
+def log_date(event: Mapping[str, Any], now: datetime, max_age: float) -> int | None:
+    """The log's ``date`` in epoch milliseconds, or None to let the intake stamp it on receipt.
+
+    The event's time (see _DATE_SOURCES) is used only when it is at most ``max_age`` seconds
+    before ``now`` and at most MAX_FUTURE_SKEW after it; ``max_age`` 0 never sends a date.
+    ``now`` must be the time of this send attempt: an event that waited for a retry is judged
+    again and, grown too old meanwhile, goes without a date instead of being dropped by the intake.
+    """
+    if max_age <= 0:
+        return None
+    for path in _DATE_SOURCES:
+        moment = _source_time(event, path)
+        if moment is not None:
+            break
+    else:
+        return None
+    age = (now - moment).total_seconds()
+    if age > max_age or age < -MAX_FUTURE_SKEW:
+        return None
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def to_log(
+    event: Mapping[str, Any],
+    *,
+    service: str,
+    hostname: str,
+    tags: Iterable[str] = (),
+    date: int | None = None,
+) -> dict[str, Any]:
+    """The Datadog log entry for one event: Datadog's own fields plus the event's fields as
+    attributes, and ``date`` (epoch milliseconds, from `log_date`) when given."""
     job_status = _job_status(event)
     log: dict[str, Any] = {}
     for key, value in event.items():
@@ -120,6 +185,8 @@ def to_log(event: Mapping[str, Any], *, service: str, hostname: str, tags: Itera
             "run_id": run_id,
         }
     )
+    if date is not None:
+        log["date"] = date
     return log
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
+import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -13,6 +16,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from exporter import timestamps
+from exporter.config import ConfigError, parse_config
 from sinks import datadog_encode as encode
 from sinks.base import SinkError
 from sinks.datadog import SITES, DatadogSink, DatadogSinkSettings
@@ -114,7 +119,8 @@ def test_event_becomes_a_log_with_job_status_apart_from_the_log_level(fake: Data
     tags = done["ddtags"].split(",")
     assert tags == ["team:tm1", "agent:ag1", "job_status:completed", "env:test"]
     assert not any(tag.startswith("status:") for tag in tags)
-    # The intake stamps the date: nothing the date remapper reads, the Job's times kept as attributes.
+    # A Job from 2024 is far older than 18 h: nothing the date remapper reads, so the intake stamps
+    # the log on receipt; the Job's times are kept as attributes.
     assert not {"date", "timestamp", "@timestamp", "_timestamp", "Timestamp", "eventTime", "published_date"} & set(done)
     assert done["created_at"] == "2024-05-01T10:00:00Z" and done["completed_at"] == "2024-05-01T10:02:01Z"
     assert done["run"]["status"] == "completed"  # the source record untouched
@@ -139,11 +145,13 @@ def test_log_level_from_job_status(job_status: str, level: str) -> None:
 
 def test_event_fields_on_reserved_names_are_renamed() -> None:
     log = encode.to_log(
-        event(timestamp="2020-01-01T00:00:00Z", host="x", level="debug", message="m", _private=1),
+        event(timestamp="2020-01-01T00:00:00Z", date="2020-01-02", host="x", level="debug", message="m", _private=1),
         service="s",
         hostname="h",
+        date=1_700_000_000_000,
     )
     assert log["job_timestamp"] == "2020-01-01T00:00:00Z" and "timestamp" not in log
+    assert log["job_date"] == "2020-01-02" and log["date"] == 1_700_000_000_000  # the event's `date` cannot win
     assert log["job_host"] == "x" and log["job_level"] == "debug" and log["job_message"] == "m"
     assert log["job_private"] == 1 and log["hostname"] == "h" and log["status"] == "info"
 
@@ -175,6 +183,229 @@ def test_compress_off_sends_plain_json(fake: DatadogFake) -> None:
         plain.close()
     [request] = fake.log_requests()
     assert "content-encoding" not in request.headers and request.body_bytes == request.decoded_bytes
+
+
+# -- the log's date: the Job's time while the intake accepts it ----------------------------------
+
+NOW = datetime(2026, 5, 17, 12, 0, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+class Clock:
+    """One time for the sink (a datetime) and the fake intake (epoch seconds), moved by tests."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def epoch(self) -> float:
+        return self.now.timestamp()
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def finished(run_id: str, completed: datetime | None, exported: datetime | None = NOW, **extra: Any) -> dict[str, Any]:
+    """An event whose Job completed at ``completed`` and was exported at ``exported``."""
+    stamp = timestamps.format_utc
+    times = {
+        "completed_at": stamp(completed) if completed else None,
+        "exported_at": stamp(exported) if exported else None,
+    }
+    return event(run_id, run={"completed_at": times["completed_at"]}, **{**times, **extra})
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def timed_fake(clock: Clock) -> Iterator[DatadogFake]:
+    with DatadogFake(api_key=KEY, clock=clock.epoch) as server:
+        yield server
+
+
+def timed_sink(fake: DatadogFake, clock: Clock, **overrides: Any) -> DatadogSink:
+    return DatadogSink(settings(url=fake.url, hostname="exporter-1", **overrides), clock=clock)
+
+
+def test_a_live_job_lands_at_its_real_time(timed_fake: DatadogFake, clock: Clock) -> None:
+    completed = NOW - timedelta(minutes=4, milliseconds=250)
+    sink = timed_sink(timed_fake, clock)
+    try:
+        result = sink.send([finished("live", completed)])
+    finally:
+        sink.close()
+
+    assert result.done == 1 and not result.rejected
+    [entry] = timed_fake.stored
+    assert entry["date"] == ms(completed) and isinstance(entry["date"], int)  # epoch milliseconds
+    assert timed_fake.stored_dates == {"live": ms(completed)}  # the intake's official time: the Job's
+    assert entry["completed_at"] == timestamps.format_utc(completed)  # the attribute stays too
+    assert timed_fake.dropped == []
+
+
+def test_a_job_over_18_h_old_is_sent_without_date_and_stored(timed_fake: DatadogFake, clock: Clock) -> None:
+    sink = timed_sink(timed_fake, clock)
+    try:
+        result = sink.send([finished("old", NOW - 20 * HOUR, exported=NOW - 19 * HOUR), finished("new", NOW - HOUR)])
+    finally:
+        sink.close()
+
+    assert result.done == 2 and not result.rejected
+    stored = {entry["run_id"]: entry for entry in timed_fake.stored}
+    assert "date" not in stored["old"]
+    assert timed_fake.stored_dates == {"old": ms(NOW), "new": ms(NOW - HOUR)}  # "old" at receipt
+    assert timed_fake.dropped == []
+
+
+def test_the_fake_intake_accepts_and_then_drops_a_log_dated_outside_its_window(
+    timed_fake: DatadogFake,
+) -> None:
+    # What a sink sending a stale date would meet: 202, and the log is nowhere.
+    logs = [
+        {"message": "a", "run_id": "too-old", "date": ms(NOW - 18 * HOUR) - 1},
+        {"message": "b", "run_id": "too-new", "date": ms(NOW + 2 * HOUR) + 1},
+        {"message": "c", "run_id": "iso", "timestamp": "2026-05-17T00:00:00.000Z"},
+        {"message": "d", "run_id": "at-receipt"},
+    ]
+    request = urllib.request.Request(
+        timed_fake.url + "/api/v2/logs",
+        data=json.dumps(logs).encode(),
+        headers={"DD-API-KEY": KEY, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 202
+
+    assert [d.entry["run_id"] for d in timed_fake.dropped] == ["too-old", "too-new"]
+    assert timed_fake.stored_dates == {"iso": ms(datetime(2026, 5, 17, tzinfo=UTC)), "at-receipt": ms(NOW)}
+
+
+@pytest.mark.parametrize(
+    ("age", "max_age", "dated"),
+    [
+        (timedelta(0), None, True),
+        (17 * HOUR - timedelta(milliseconds=1), None, True),
+        (17 * HOUR, None, True),  # the default 17h is inclusive
+        (17 * HOUR + timedelta(milliseconds=1), None, False),  # 1 h short of the intake's 18 h: the margin
+        (HOUR, "30m", False),
+        (timedelta(minutes=30), "30m", True),
+        (timedelta(minutes=1), 0, False),  # 0: never a date
+        (-timedelta(minutes=1), 0, False),  # not even one slightly in the future
+        (-timedelta(minutes=5), None, True),  # Duvo's clock a little ahead of ours
+        (-timedelta(minutes=5, milliseconds=1), None, False),  # further ahead: a wrong time, not skew
+        (-3 * HOUR, None, False),
+    ],
+)
+def test_the_date_boundary_and_margin(
+    timed_fake: DatadogFake, clock: Clock, age: timedelta, max_age: Any, dated: bool
+) -> None:
+    overrides = {} if max_age is None else {"date_max_age": max_age}
+    sink = timed_sink(timed_fake, clock, **overrides)
+    try:
+        assert sink.send([finished("j", NOW - age)]).done == 1
+    finally:
+        sink.close()
+
+    [entry] = timed_fake.stored
+    assert ("date" in entry) is dated
+    assert timed_fake.stored_dates == {"j": ms(NOW - age) if dated else ms(NOW)}
+
+
+def test_a_retry_decides_the_date_again_at_its_own_time(timed_fake: DatadogFake, clock: Clock) -> None:
+    completed = NOW - timedelta(hours=16, minutes=54)  # 16.9 h old at the first attempt
+    batch = [finished("late", completed), finished("fresh", NOW - timedelta(minutes=1))]
+    sink = timed_sink(timed_fake, clock)
+    try:
+        timed_fake.script(503)
+        assert sink.send(batch).done == 0  # refused; the pipeline retries later
+
+        clock.now = NOW + timedelta(minutes=96)  # the retry: "late" is now 18.5 h old
+        result = sink.send(batch)
+    finally:
+        sink.close()
+
+    assert result.done == 2 and not result.rejected
+    # A date decided at the first attempt would be 18.5 h old now, and dropped by the intake.
+    assert timed_fake.dropped == []
+    stored = {entry["run_id"]: entry for entry in timed_fake.stored}
+    assert "date" not in stored["late"] and stored["fresh"]["date"] == ms(NOW - timedelta(minutes=1))
+    assert timed_fake.stored_dates["late"] == ms(clock.now)
+
+
+def test_a_retry_an_hour_later_inside_the_window_still_goes_without_date(clock: Clock) -> None:
+    # Encoded at 16.9 h the Job gets a date; at 17.9 h (inside the intake's 18 h, outside the
+    # margin) it does not: the margin is judged at every attempt.
+    late = finished("late", NOW - timedelta(hours=16, minutes=54))
+    assert encode.log_date(late, NOW, encode.DEFAULT_DATE_MAX_AGE) == ms(NOW - timedelta(hours=16, minutes=54))
+    assert encode.log_date(late, NOW + HOUR, encode.DEFAULT_DATE_MAX_AGE) is None
+
+
+def test_a_bad_or_missing_job_time_falls_back(timed_fake: DatadogFake, clock: Clock) -> None:
+    exported = NOW - timedelta(minutes=2)
+    batch = [
+        # unreadable completion time, no export time either: no date, stamped on receipt
+        event("garbled", completed_at="yesterday-ish", exported_at=None, run={"completed_at": "n/a"}),
+        # nothing at all to go by
+        event("none", completed_at=None, exported_at=None, run={"completed_at": None}),
+        # a time with no moment in UTC
+        event("overflow", completed_at="0001-01-01T00:00:00+01:00", exported_at=None, run={"completed_at": None}),
+        # unreadable completion time, but the exporter saw it 2 minutes ago
+        finished("seen", None, exported=exported, completed_at="not a time"),
+        # a waiting Job has no completion time: when the exporter saw it wait
+        finished("waiting", None, exported=exported, status="waiting", event="run.waiting"),
+        # `fields` shaping removed the top-level completed_at: the source record's is used
+        {key: value for key, value in finished("shaped", NOW - HOUR).items() if key != "completed_at"},
+    ]
+    sink = timed_sink(timed_fake, clock)
+    try:
+        result = sink.send(batch)
+    finally:
+        sink.close()
+
+    assert result.done == len(batch) and not result.rejected
+    assert timed_fake.stored_dates == {
+        "garbled": ms(NOW),
+        "none": ms(NOW),
+        "overflow": ms(NOW),
+        "seen": ms(exported),
+        "waiting": ms(exported),
+        "shaped": ms(NOW - HOUR),
+    }
+    assert timed_fake.dropped == []
+
+
+def test_date_max_age_of_18_h_or_more_is_a_config_error_with_the_yaml_path() -> None:
+    def problems(max_age: str) -> list[str]:
+        text = textwrap.dedent(
+            f"""
+            duvo: {{api_key: dv_key, team_id: t1}}
+            sinks:
+              - {{type: file, name: local, path: out.jsonl}}
+              - {{type: datadog, name: dd, api_key: k, date_max_age: {max_age}}}
+            """
+        )
+        with pytest.raises(ConfigError) as caught:
+            parse_config(text, {})
+        return caught.value.problems
+
+    for too_old in ("19h", "18h", "64800", "2d"):
+        [problem] = problems(too_old)
+        assert problem.startswith("sinks[1].date_max_age: must be less than 18h"), problem
+    assert problems("soon")[0].startswith("sinks[1].date_max_age: 'soon' is not a duration")
+    assert problems(".nan")[0].startswith("sinks[1].date_max_age: expected a duration")
+    assert problems("[1h]")[0].startswith("sinks[1].date_max_age: expected a duration")
+
+
+def test_date_max_age_accepts_durations_and_defaults_to_17_h() -> None:
+    assert settings().date_max_age == 17 * 3600
+    assert settings(date_max_age="17h59m").date_max_age == 17 * 3600 + 59 * 60
+    assert settings(date_max_age=0).date_max_age == 0
+    assert settings(date_max_age=3600).date_max_age == 3600
 
 
 # -- delivered ----------------------------------------------------------------------------------

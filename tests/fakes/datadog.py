@@ -7,14 +7,24 @@ the 5 MB (uncompressed) / 1,000-entry request limits. It records every request a
 can be scripted to fail: the next requests answer a given status and headers, hang, or drop the
 connection after reading the request; logs carrying a given ``run_id`` make their request a 400.
 
-One deliberate difference: the real intake truncates a single log over 1 MB and accepts it; this fake
-refuses such a request with a 400 so that a sink which lets one through is caught.
+Dates, as the real intake treats them: a log's official date is the first of Datadog's date
+attributes it carries (``timestamp``, ``date``, ``_timestamp``, ``Timestamp``, ``eventTime``,
+``published_date``; docs .../log_date_remapper), read as ISO 8601 or epoch milliseconds, else the
+time of receipt. A log dated more than 18 h before receipt or more than 2 h after it ("Log events can
+be submitted up to 18 hours in the past and two hours in the future") is answered 202 with the rest
+and then dropped: it is not in ``stored`` but in ``dropped``, so a sink that sends a wrong date
+loses the log here as it would in Datadog. ``clock`` (epoch seconds) is the intake's time; tests that
+pin the sink's clock pin this one too. ``stored_dates`` is each stored log's official date.
+
+Deliberate differences, so that a sink which lets one through is caught: the real intake truncates a
+single log over 1 MB and accepts it, and (as far as its docs say) stamps a log whose date it cannot
+read on receipt; this fake refuses either with a 400.
 
     with DatadogFake(api_key="k") as fake:
         fake.script(429, headers={"X-Ratelimit-Reset": "7"})
         fake.reject_run_ids("r3")
         ... sink pointed at fake.url ...
-        fake.stored, fake.requests
+        fake.stored, fake.requests, fake.dropped
 """
 
 from __future__ import annotations
@@ -22,10 +32,12 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +49,10 @@ VALIDATE_PATH = "/api/v1/validate"
 MAX_ENTRIES = 1000
 MAX_PAYLOAD_BYTES = 5_000_000  # uncompressed
 MAX_ENTRY_BYTES = 1_000_000
+# The date remapper's default attributes, in the order Datadog lists them.
+DATE_ATTRIBUTES = ("timestamp", "date", "_timestamp", "Timestamp", "eventTime", "published_date")
+MAX_PAST_SECONDS = 18 * 3600
+MAX_FUTURE_SECONDS = 2 * 3600
 _REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -81,17 +97,28 @@ class Request:
     client_port: int = 0  # the same port on two requests: the connection was reused
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """A log the intake accepted (202) and then discarded for its date."""
+
+    entry: dict[str, Any]
+    reason: str
+
+
 class DatadogFake(LoopbackServer):
     thread_name = "datadog-fake"
 
-    def __init__(self, api_key: str = "test-api-key", port: int = 0) -> None:
+    def __init__(self, api_key: str = "test-api-key", port: int = 0, clock: Callable[[], float] = time.time) -> None:
         super().__init__(port)
         self.api_key = api_key
+        self.clock = clock
         self.bad_reason = "Invalid log entry"
         self._lock = threading.Lock()
         self._steps: deque[Step] = deque()
         self._bad_run_ids: set[str] = set()
         self._stored: list[dict[str, Any]] = []
+        self._stored_dates: list[int] = []
+        self._dropped: list[Dropped] = []
         self._requests: list[Request] = []
 
     # -- scripting --------------------------------------------------------------------------
@@ -137,6 +164,18 @@ class DatadogFake(LoopbackServer):
         return [entry.get("run_id") for entry in self.stored]
 
     @property
+    def stored_dates(self) -> dict[str, int]:
+        """run_id -> the official date (epoch ms) of its last stored log: its own date, else receipt."""
+        with self._lock:
+            pairs = zip(self._stored, self._stored_dates, strict=True)
+            return {str(entry.get("run_id")): date for entry, date in pairs}
+
+    @property
+    def dropped(self) -> list[Dropped]:
+        with self._lock:
+            return list(self._dropped)
+
+    @property
     def requests(self) -> list[Request]:
         with self._lock:
             return list(self._requests)
@@ -154,10 +193,17 @@ class DatadogFake(LoopbackServer):
                     return step
         return None
 
-    def _record(self, request: Request, stored: Iterable[dict[str, Any]] = ()) -> None:
+    def _record(self, request: Request, stored: Iterable[tuple[dict[str, Any], int, str | None]] = ()) -> None:
+        """Record a request and the logs it delivered, each with its official date; a log with a
+        reason (dated outside the intake's window) is dropped after the 202, as Datadog does."""
         with self._lock:
             self._requests.append(request)
-            self._stored.extend(stored)
+            for entry, date, reason in stored:
+                if reason:
+                    self._dropped.append(Dropped(entry, reason))
+                else:
+                    self._stored.append(entry)
+                    self._stored_dates.append(date)
 
     def _is_bad(self, entry: Mapping[str, Any]) -> bool:
         with self._lock:
@@ -274,8 +320,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self._answer(405)
 
-    def _intake(self, raw: bytes, request: Request) -> tuple[int, Any, list[dict[str, Any]], Request]:
-        """Datadog's checks, in the order the intake applies them. Returns status, body, stored logs."""
+    def _intake(
+        self, raw: bytes, request: Request
+    ) -> tuple[int, Any, list[tuple[dict[str, Any], int, str | None]], Request]:
+        """Datadog's checks, in the order the intake applies them. Returns status, body, and the
+        accepted logs with their official date and, for those it then drops, why."""
         auth = self._auth_status()
         if auth:
             return auth, None, [], request
@@ -306,7 +355,47 @@ class _Handler(BaseHTTPRequestHandler):
                 return 400, {"errors": [f"log entry {index} is {size} bytes, over 1MB"]}, [], request
         if any(self.fake._is_bad(entry) for entry in entries):
             return 400, {"errors": [self.fake.bad_reason]}, [], request
-        return 202, {}, entries, request
+        received_ms = int(self.fake.clock() * 1000)
+        dated: list[tuple[dict[str, Any], int, str | None]] = []
+        for index, entry in enumerate(entries):
+            date = _official_date(entry, received_ms)
+            if date is None:
+                return 400, {"errors": [f"log entry {index}: unreadable date (a deliberate fake check)"]}, [], request
+            dated.append((entry, date, _out_of_window(date, received_ms)))
+        return 202, {}, dated, request
+
+
+def _official_date(entry: Mapping[str, Any], received_ms: int) -> int | None:
+    """Epoch ms of the log's date: its first date attribute read as epoch milliseconds (a number
+    or a string of digits) or ISO 8601, else the receipt time; None if the attribute is unreadable."""
+    for name in DATE_ATTRIBUTES:
+        if name not in entry:
+            continue
+        value = entry[name]
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            return int(value)
+        if isinstance(value, str):
+            if value.isdigit():
+                return int(value)
+            try:
+                moment = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return int(moment.timestamp() * 1000)
+        return None
+    return received_ms
+
+
+def _out_of_window(date_ms: int, received_ms: int) -> str | None:
+    if date_ms < received_ms - MAX_PAST_SECONDS * 1000:
+        return f"date {date_ms} is more than 18 h before receipt ({received_ms})"
+    if date_ms > received_ms + MAX_FUTURE_SECONDS * 1000:
+        return f"date {date_ms} is more than 2 h after receipt ({received_ms})"
+    return None
 
 
 def _decode(raw: bytes, encoding: str) -> bytes:
