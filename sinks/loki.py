@@ -244,7 +244,7 @@ class LokiSink:
             return Verdict(Kind.OK)
         after = retry_after_seconds(response.headers.get("Retry-After"))
         if status in (401, 403):
-            hint = "check basic_auth / bearer_token and tenant_id"
+            hint = f"check {self._where}.basic_auth / bearer_token and tenant_id"
             return Verdict(
                 Kind.FATAL,
                 f"Loki: push refused with HTTP {status} ({hint}): {self._clean(text)[:200]}",

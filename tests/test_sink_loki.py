@@ -285,7 +285,7 @@ def test_wrong_credentials_are_fatal_and_never_echo_the_secret() -> None:
         sink = sink_for(fake, basic_auth={"username": "123456", "password": SECRET})
         result = sink.send([event("r1")])
         assert result.fatal and result.done == 0
-        assert "loki" in (result.error or "") and "401" in (result.error or "")
+        assert (result.error or "").startswith("Loki: ") and "401" in (result.error or "")
         assert SECRET not in (result.error or "")
     with FakeLoki(bearer_token="right-token", now=NOW.timestamp) as fake:
         result = sink_for(fake, bearer_token=SECRET).send([event("r1")])
@@ -307,7 +307,7 @@ def test_structured_metadata_disallowed_is_fatal_with_a_hint() -> None:
 
 def test_wrong_path_is_fatal(loki: FakeLoki) -> None:
     result = sink_for(loki, url=loki.url + "/nope").send([event("r1")])
-    assert result.fatal and "check url" in (result.error or "")
+    assert result.fatal and "check sinks[loki].url" in (result.error or "")
 
 
 # -- pacing ---------------------------------------------------------------------------------------
