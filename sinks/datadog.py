@@ -115,7 +115,7 @@ class DatadogSink:
         self.api_url = settings.url or f"https://api.{settings.site}"
 
         # Configuration() sets the "urllib3" and "datadog_api_client" loggers to WARNING for the
-        # whole process, which would hide --log-level debug; put them back afterwards.
+        # whole process, which would hide --library-log-level debug; put them back afterwards.
         saved_levels = {name: logging.getLogger(name).level for name in ("urllib3", "datadog_api_client")}
         config = Configuration(
             host=settings.url,  # None: the per-operation Datadog servers, chosen by `site`

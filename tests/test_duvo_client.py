@@ -609,7 +609,7 @@ def test_key_absent_from_rendered_log_output(server: FakeDuvo, fake_time: FakeTi
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     out = io.StringIO()
-    configure_logging("debug", json=True, stream=out)  # urllib3's debug lines included
+    configure_logging("debug", json=True, stream=out, library_level="debug")  # urllib3's debug lines included
     try:
         client = make_client(server.url, fake_time, max_attempts=2)
         server.reply(Reply(503, echo_auth=True), Reply(body={"data": [], "total": 0}))
