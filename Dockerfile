@@ -11,6 +11,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 COPY sinks ./sinks
+COPY transport ./transport
 RUN pip install --no-cache-dir . \
  && useradd --system --uid 10001 --home-dir /var/lib/duvo-exporter duvo \
  && mkdir -p /var/lib/duvo-exporter /etc/duvo-exporter \

@@ -14,7 +14,7 @@ import structlog
 
 from exporter import __version__, exitcodes
 from exporter.config import Config, ConfigError, load_config
-from exporter.logsetup import configure_logging, redact, register_secret
+from exporter.logsetup import LOG_FORMATS, configure_logging, redact, register_secret
 from exporter.state import StateError
 
 log = structlog.get_logger("exporter.cli")
@@ -367,6 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="default: info (warning for demo, which prints its own progress)",
     )
+    # Defaults from the environment suit containers; argparse checks choices only on the command
+    # line, so main() reports a bad value from there.
+    logging_options.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("DUVO_EXPORTER_LOG_FORMAT") or "auto",
+        help="json lines, or console text for people (default: $DUVO_EXPORTER_LOG_FORMAT, else auto: "
+        "console when stderr is a terminal, json otherwise)",
+    )
+    logging_options.add_argument(
+        "--library-log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=os.environ.get("DUVO_EXPORTER_LIBRARY_LOG_LEVEL") or None,
+        help="level of third-party libraries' logs (urllib3, apscheduler, ...), apart from --log-level "
+        "(default: $DUVO_EXPORTER_LIBRARY_LOG_LEVEL, else warning, or --log-level if stricter)",
+    )
     common = argparse.ArgumentParser(add_help=False, parents=[logging_options])
     common.add_argument(
         "--config",
@@ -460,7 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.log_level = args.log_level or ("warning" if args.command == "demo" else "info")
-    configure_logging(args.log_level)
+    try:
+        configure_logging(args.log_level, log_format=args.log_format, library_level=args.library_log_level)
+    except ValueError as exc:
+        parser.error(f"{exc} (check $DUVO_EXPORTER_LOG_FORMAT and $DUVO_EXPORTER_LIBRARY_LOG_LEVEL)")
     try:
         return args.handler(args)
     except BrokenPipeError:

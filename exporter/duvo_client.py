@@ -26,6 +26,7 @@ from requests.auth import AuthBase
 from exporter import jsoncodec, timestamps
 from exporter.logsetup import redact, register_secret
 from exporter.ratelimit import TokenBucket, retry_after_seconds
+from transport.errors import describe_transport_error
 
 log = structlog.get_logger(__name__)
 
@@ -333,9 +334,6 @@ class DuvoClient:
             response = self._session.get(
                 self.base_url + path, params=query, timeout=self._timeout, allow_redirects=False, verify=self._verify
             )
-        except requests.Timeout as exc:
-            self.stats._add(transport_errors=1)
-            raise _Retryable(f"timeout: {self._scrub(str(exc))}") from None
         except (
             requests.exceptions.InvalidURL,
             requests.exceptions.InvalidSchema,
@@ -344,9 +342,10 @@ class DuvoClient:
         ) as exc:
             raise DuvoError(f"invalid request for {endpoint}: {self._scrub(str(exc))}", path=path) from None
         except requests.RequestException as exc:
-            # Connection refused/reset, DNS, TLS, and bodies cut short (ChunkedEncodingError).
+            # Connection refused/reset, timeouts, DNS, TLS, and bodies cut short: one short line
+            # that reads as the sinks' do (`host:port: cause`), not requests' 400 characters.
             self.stats._add(transport_errors=1)
-            raise _Retryable(f"{type(exc).__name__}: {self._scrub(str(exc))}") from None
+            raise _Retryable(self._scrub(describe_transport_error(exc, self.base_url))) from None
 
         status = response.status_code
         self.stats._count_status(status)

@@ -32,6 +32,7 @@ from sinks import datadog_encode as encode
 from sinks.base import Event, SendResult, SinkError, one_line
 from sinks.settings import BatchSettings, SinkSettings, strip_slash
 from sinks.splitting import Kind, Verdict, send_splitting
+from transport.errors import describe_transport_error
 
 log = structlog.get_logger(__name__)
 
@@ -140,7 +141,7 @@ class DatadogSink:
         self.api_url = settings.url or f"https://api.{settings.site}"
 
         # Configuration() sets the "urllib3" and "datadog_api_client" loggers to WARNING for the
-        # whole process, which would hide --log-level debug; put them back afterwards.
+        # whole process, which would hide --library-log-level debug; put them back afterwards.
         saved_levels = {name: logging.getLogger(name).level for name in ("urllib3", "datadog_api_client")}
         config = Configuration(
             host=settings.url,  # None: the per-operation Datadog servers, chosen by `site`
@@ -192,10 +193,10 @@ class DatadogSink:
             if exc.status in _KEY_STATUSES:
                 raise SinkError(self._key_message(exc)) from None
             if not exc.status:
-                raise SinkError(f"cannot reach Datadog at {self.api_url}: {one_line(exc.reason)}") from None
+                raise SinkError(_no_answer(exc, self.api_url)) from None
             raise SinkError(f"Datadog key validation at {self.api_url} failed: {_describe(exc)}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SinkError(f"cannot reach Datadog at {self.api_url}: {one_line(exc)}") from None
+            raise SinkError(describe_transport_error(exc, self.api_url, service="Datadog")) from None
         except Exception as exc:  # the client library's own errors; never let one escape raw
             raise SinkError(f"Datadog key validation failed: {type(exc).__name__}: {one_line(exc)}") from None
         valid = answer.get("valid") if hasattr(answer, "get") else None
@@ -247,7 +248,7 @@ class DatadogSink:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # Refused, reset, timed out, or dropped after the request went out without an answer:
             # nothing is known to be stored, so all of it is sent again (at-least-once).
-            return Verdict(Kind.RETRY, f"cannot reach Datadog at {self.intake_url}: {one_line(exc)}")
+            return Verdict(Kind.RETRY, describe_transport_error(exc, self.intake_url, service="Datadog"))
         except Exception as exc:
             # The client library refusing to build the request. Retrying keeps the events; treating
             # it as bad data could dead-letter a whole batch for a problem that is not theirs.
@@ -256,8 +257,8 @@ class DatadogSink:
 
     def _classify(self, exc: ApiException) -> Verdict:
         status = exc.status or 0
-        if status == 0:  # the client's wrapping of a TLS failure
-            return Verdict(Kind.RETRY, f"cannot reach Datadog at {self.intake_url}: {one_line(exc.reason)}")
+        if status == 0:
+            return Verdict(Kind.RETRY, _no_answer(exc, self.intake_url))
         if status in _KEY_STATUSES:
             return Verdict(Kind.FATAL, self._key_message(exc))
         if status == 413:
@@ -275,6 +276,14 @@ class DatadogSink:
 
     def _key_message(self, exc: ApiException) -> str:
         return f"Datadog rejected the API key ({_status_line(exc)}): check {self._where}.api_key and site"
+
+
+def _no_answer(exc: ApiException, url: str) -> str:
+    """An ApiException without a status: the client's re-wrapping of a TLS failure as text (the
+    urllib3 error is its context), or its refusal to build the request."""
+    if exc.__context__ is not None:
+        return describe_transport_error(exc, url, service="Datadog")
+    return f"datadog-api-client failed: {one_line(exc.reason)}"
 
 
 def _status_line(exc: ApiException) -> str:

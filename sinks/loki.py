@@ -28,6 +28,7 @@ from sinks.loki_encode import Encoder, Entry, TimestampField, check_static_label
 from sinks.loki_response import map_rejections, parse_reply
 from sinks.settings import BatchSettings, HttpSinkSettings, StrictModel, secret_value
 from sinks.splitting import Kind, Verdict, send_splitting
+from transport.errors import describe_transport_error
 
 log = structlog.get_logger(__name__)
 
@@ -223,7 +224,7 @@ class LokiSink:
         except requests.RequestException as exc:
             # Includes a connection dropped after the request was sent: Loki may or may not have
             # stored it; resending identical entries is the safe side.
-            return Verdict(Kind.RETRY, f"loki push failed: {type(exc).__name__}: {self._clean(str(exc))}")
+            return Verdict(Kind.RETRY, describe_transport_error(exc, self._push_url, service="Loki"))
         return self._classify(response, labels, entries)
 
     def _clean(self, text: str) -> str:
@@ -298,7 +299,7 @@ class LokiSink:
                 url + "/ready", auth=self._auth(), timeout=self._settings.timeout, verify=self._verify
             )
         except requests.RequestException as exc:
-            raise SinkError(f"Loki: cannot reach {url}: {type(exc).__name__}") from None
+            raise SinkError(describe_transport_error(exc, url, service="Loki")) from None
         if ready.status_code in (401, 403):
             raise SinkError(f"Loki: credentials refused (HTTP {ready.status_code}) at {url}/ready")
         # Hosted gateways (Grafana Cloud) do not expose /ready; the push check below covers them.
@@ -320,7 +321,7 @@ class LokiSink:
                 verify=self._verify,
             )
         except requests.RequestException as exc:
-            raise SinkError(f"Loki: cannot reach {self._push_url}: {type(exc).__name__}") from None
+            raise SinkError(describe_transport_error(exc, self._push_url, service="Loki")) from None
         if probe.status_code in (401, 403):
             raise SinkError(
                 f"Loki: push credentials refused (HTTP {probe.status_code}): "

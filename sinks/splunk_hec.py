@@ -34,8 +34,8 @@ from sinks.splunk_hec_answer import (
     NO_DATA_CODE,
     TOKEN_CODES,
     HecAnswer,
-    describe_exception,
 )
+from transport.errors import describe_transport_error
 
 log = structlog.get_logger(__name__)
 
@@ -210,7 +210,7 @@ class SplunkHecSink:
             # Includes a connection dropped after the request went out with no reply: nothing
             # is known to be stored, so the batch is sent again (HEC has no idempotency key;
             # a rare duplicate is the price, recognisable by event_id).
-            return Verdict(Kind.RETRY, f"Splunk HEC at {self._event_url} did not answer: {describe_exception(exc)}")
+            return Verdict(Kind.RETRY, describe_transport_error(exc, self._event_url, service="Splunk HEC"))
         answer = HecAnswer.parse(response)
         verdict = self._classify(answer, len(parts))
         if verdict.kind is Kind.OK and self._acks is not None:
@@ -303,7 +303,7 @@ class SplunkHecSink:
         try:
             response = self._session.get(self._health_url, timeout=self._settings.timeout, verify=self._verify)
         except requests.RequestException as exc:
-            raise SinkError(f"cannot reach Splunk HEC at {self._health_url}: {describe_exception(exc)}") from None
+            raise SinkError(describe_transport_error(exc, self._health_url, service="Splunk HEC")) from None
         answer = HecAnswer.parse(response)
         if response.status_code == 404:
             raise SinkError(f"no Splunk HEC at {self._health_url} ({answer.label()}): check {self._where}.url")
@@ -324,7 +324,7 @@ class SplunkHecSink:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            raise SinkError(f"cannot reach Splunk HEC at {self._event_url}: {describe_exception(exc)}") from None
+            raise SinkError(describe_transport_error(exc, self._event_url, service="Splunk HEC")) from None
         answer = HecAnswer.parse(response)
         if answer.code == NO_DATA_CODE or 200 <= response.status_code < 300:
             return

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import requests
 
 from sinks.splitting import Kind, Verdict
-from sinks.splunk_hec_answer import CHANNEL_CODES, TOKEN_CODES, HecAnswer, describe_exception
+from sinks.splunk_hec_answer import CHANNEL_CODES, TOKEN_CODES, HecAnswer
+from transport.errors import describe_transport_error
 
 
 class AckPoller:
@@ -77,7 +78,7 @@ class AckPoller:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            return False, None, f"ack poll failed: {describe_exception(exc)}"
+            return False, None, f"ack poll failed: {describe_transport_error(exc, self._url, service='Splunk HEC')}"
         answer = HecAnswer.parse(response)
         if response.status_code == 200:
             if answer.acks is None:

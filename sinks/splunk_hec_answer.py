@@ -38,12 +38,6 @@ NO_DATA_CODE = 5
 HEALTHY_CODE = 17
 
 
-def describe_exception(exc: BaseException) -> str:
-    """A short, secret-free account of a transport failure (requests' texts name host and path,
-    never headers, so the token cannot appear)."""
-    return one_line(f"{type(exc).__name__}: {exc}", 300)
-
-
 @dataclass(frozen=True)
 class HecAnswer:
     status: int

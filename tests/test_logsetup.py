@@ -151,6 +151,108 @@ def test_positional_args_in_structlog_calls() -> None:
     assert lines(out)[0]["event"] == "count 3 of ***"
 
 
+# -- the exporter's level and the libraries' -------------------------------------------------------
+
+
+def log_everything() -> None:
+    """What the daemon's libraries and the exporter say, at every level that matters."""
+    logging.getLogger("apscheduler.scheduler").info('Added job "extract" to job store "default"')
+    logging.getLogger("apscheduler.executors.default").info('Running job "extract" (trigger: interval)')
+    logging.getLogger("urllib3.connectionpool").debug("Starting new HTTP connection (1): 127.0.0.1:80")
+    logging.getLogger("datadog_api_client.rest").debug("response body: b''")
+    logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding connection")
+    logging.getLogger("apscheduler.scheduler").error("Error adding job")
+    structlog.get_logger("exporter.extraction").debug("swept open jobs")
+    structlog.get_logger("exporter.pipeline").info("pass finished")
+    logging.getLogger("sinks.loki").debug("own stdlib line")
+    logging.getLogger("transport.errors").info("own stdlib info")
+
+
+def shown(out: io.StringIO) -> list[tuple[str, str]]:
+    return [(r["logger"], r["level"]) for r in lines(out)]
+
+
+LIBRARY_WARNINGS = [("urllib3.connectionpool", "warning"), ("apscheduler.scheduler", "error")]
+
+
+def test_libraries_stay_at_warning_whatever_the_exporters_level() -> None:
+    out = json_logging("debug")
+    log_everything()
+    assert shown(out) == [
+        *LIBRARY_WARNINGS,
+        ("exporter.extraction", "debug"),
+        ("exporter.pipeline", "info"),
+        ("sinks.loki", "debug"),
+        ("transport.errors", "info"),
+    ]
+
+    out = json_logging("info")
+    log_everything()
+    assert shown(out) == [*LIBRARY_WARNINGS, ("exporter.pipeline", "info"), ("transport.errors", "info")]
+    # Not even created: a disabled library record costs one level check.
+    assert not logging.getLogger("urllib3.connectionpool").isEnabledFor(logging.DEBUG)
+
+
+def test_library_level_turns_libraries_up_and_not_the_exporter() -> None:
+    out = io.StringIO()
+    configure_logging("info", library_level="debug", stream=out)
+    log_everything()
+    assert shown(out) == [
+        ("apscheduler.scheduler", "info"),
+        ("apscheduler.executors.default", "info"),
+        ("urllib3.connectionpool", "debug"),
+        ("datadog_api_client.rest", "debug"),
+        *LIBRARY_WARNINGS,
+        ("exporter.pipeline", "info"),
+        ("transport.errors", "info"),
+    ]
+
+
+def test_library_lines_turned_up_are_still_redacted() -> None:
+    out = io.StringIO()
+    configure_logging("warning", library_level="debug", stream=out)
+    logging.getLogger("urllib3.connectionpool").debug("http://h:80 GET /x?key=%s", SECRET)
+    logging.getLogger("datadog_api_client.rest").debug("headers: {'DD-API-KEY': 'abcdef123456'}")
+    assert SECRET not in out.getvalue() and "abcdef123456" not in out.getvalue()
+    assert [r["event"] for r in lines(out)] == ["http://h:80 GET /x?key=***", "headers: {'DD-API-KEY': '***'}"]
+
+
+def test_a_stricter_exporter_level_applies_to_libraries_too() -> None:
+    out = json_logging("error")
+    log_everything()
+    assert shown(out) == [("apscheduler.scheduler", "error")]
+
+
+def test_ours_by_package_name_or_by_being_structlog() -> None:
+    out = json_logging("debug")
+    logging.getLogger("exporterish").debug("a library whose name only starts like ours")
+    logging.getLogger("sinks_contrib.x").info("and another")
+    structlog.get_logger("tests.helper").debug("structlog events are the exporter's whatever the name")
+    assert shown(out) == [("tests.helper", "debug")]
+
+
+def test_log_format_and_library_level_values() -> None:
+    plain = io.StringIO()
+    configure_logging("info", log_format="console", stream=plain)
+    structlog.get_logger("x").info("hello")
+    assert "hello" in plain.getvalue() and not plain.getvalue().startswith("{")
+
+    tty = TTY()
+    configure_logging("info", log_format="JSON", stream=tty)  # a container run with -t
+    structlog.get_logger("x").info("hello")
+    assert lines(tty)[0]["event"] == "hello"
+
+    auto = TTY()
+    configure_logging("info", log_format="auto", json=True, stream=auto)  # auto leaves it to `json`
+    structlog.get_logger("x").info("hello")
+    assert lines(auto)[0]["event"] == "hello"
+
+    with pytest.raises(ValueError, match="unknown log format 'xml'"):
+        configure_logging("info", log_format="xml")
+    with pytest.raises(ValueError, match="unknown log level 'loud'"):
+        configure_logging("info", library_level="loud")
+
+
 # -- redaction in log output ------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@ unless explicitly (and loudly) turned off, the state file is private, and the co
 
 The secret checks run the real CLI as subprocesses (a fresh process has registered no secret
 yet, so nothing an earlier test did can mask a leak) at --log-level debug, with every secret a
-recognisable marker passed through environment variables.
+recognisable marker passed through environment variables. Libraries log at debug too
+(--library-log-level debug): urllib3's lines are where a header would show.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ SECRETS = {
     "LOKI_BEARER": f"{MARK}_lokibearer_8e5d1b",
 }
 LOKI_USER = "loki-user"
+DEBUG_EVERYWHERE = ("--log-level", "debug", "--library-log-level", "debug")
 OTHER = "some-other-credential-000"  # what the "rejecting" fakes expect instead
 
 
@@ -65,7 +67,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "exporter", *args, "--log-level", "debug"],
+        [sys.executable, "-m", "exporter", *args, *DEBUG_EVERYWHERE],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -224,7 +226,7 @@ def test_no_secret_in_any_output_or_file(marked_sim, backends, tmp_path):
         sim.world.create_job(team_id="team-sim", status="completed")
     log = tmp_path / "out" / "daemon.log"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "run", "--config", str(config), "--log-level", "debug"],
+        [sys.executable, "-m", "exporter", "run", "--config", str(config), *DEBUG_EVERYWHERE],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

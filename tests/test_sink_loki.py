@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pydantic
 import pytest
@@ -171,13 +172,14 @@ def test_connection_dropped_after_sending_is_retried(loki: FakeLoki) -> None:
     loki.script(drop=True)
     result = sink_for(loki).send([event("r1")])
     assert result.done == 0 and not result.fatal
-    assert "ConnectionError" in (result.error or "")
+    assert result.error == f"Loki at 127.0.0.1:{urlsplit(loki.url).port}: connection closed without an answer"
 
 
 def test_slow_answer_times_out_and_is_retried(loki: FakeLoki) -> None:
     loki.script(delay=1.0)
     result = sink_for(loki, timeout=0.2).send([event("r1")])
-    assert result.done == 0 and "Timeout" in (result.error or "")
+    assert result.done == 0
+    assert result.error == f"Loki at 127.0.0.1:{urlsplit(loki.url).port}: timed out waiting for the answer"
 
 
 def test_failure_of_a_later_stream_keeps_the_earlier_events_finished(loki: FakeLoki) -> None:
@@ -341,7 +343,7 @@ def test_healthcheck() -> None:
         with pytest.raises(SinkError, match="503"):
             sink_for(fake, basic_auth={"username": "u", "password": "right"}).healthcheck()
         url = fake.url
-    with pytest.raises(SinkError, match="cannot reach"):
+    with pytest.raises(SinkError, match=r"^Loki at 127\.0\.0\.1:\d+: connection refused$"):
         LokiSink(
             LokiSinkSettings.model_validate({"type": "loki", "name": "l", "url": url, "timeout": 0.5})
         ).healthcheck()
