@@ -169,6 +169,46 @@ class ExtractSettings(StrictModel):
         return value
 
 
+class ServerSettings(StrictModel):
+    """The daemon's HTTP server: /healthz, /readyz, /metrics and /webhooks/duvo. Off unless set."""
+
+    listen: str | None = None  # "host:port", e.g. 127.0.0.1:9464 (0.0.0.0:9464 in a container)
+    max_body_bytes: int = Field(default=65_536, ge=1_024, le=10_000_000)  # webhook bodies; 413 above
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9464)")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class WebhookSettings(StrictModel):
+    """Duvo's POST on each Job state change, received at POST /webhooks/duvo on the server."""
+
+    # Duvo's sender only knows the URL, so the secret travels as ?token=... (or a Bearer header).
+    token: SecretStr = Field(min_length=16)
+    # With webhooks flowing, polling is the safety net for lost ones: open Jobs are re-checked
+    # by the age schedule at most this often (the sweep keeps its own cap).
+    recheck_interval: str = "30m"
+
+    @field_validator("recheck_interval")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
 class Config(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -176,6 +216,8 @@ class Config(BaseModel):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    webhooks: WebhookSettings | None = None
     sinks: list[SinkSettings]
     warnings: list[str] = Field(default_factory=list, exclude=True)
 
@@ -346,6 +388,8 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     except ValidationError as exc:
         problems.extend(p for p in _format_errors(exc) if not p.startswith("sinks"))
         config = None
+    if config is not None and config.webhooks is not None and config.server.listen is None:
+        problems.append("webhooks: needs server.listen (webhooks arrive at POST /webhooks/duvo on that server)")
     if problems or config is None:
         # An unset variable explains any other complaint about the same key.
         unset = {p.split(": ", 1)[0] for p in problems if "environment variable" in p}

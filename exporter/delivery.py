@@ -100,6 +100,8 @@ class SinkWorker:
             return 0, None
         kept: list[tuple[OutboxEvent, dict[str, Any]]] = []
         for item in batch:
+            if item.sink is not None and item.sink != self.name:
+                continue  # another sink's backfill or replay: counted as filtered here
             event = jsoncodec.loads(item.body)
             if self.shaper.accepts(event):
                 kept.append((item, self.shaper.shape(event)))

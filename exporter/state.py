@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 APPLICATION_ID = 0x4455564F  # "DUVO": tells our files from any other SQLite database
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+_TABLES_V1 = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     team_id     TEXT PRIMARY KEY,
     created_at  TEXT NOT NULL,   -- normalized UTC text (sortable): the newest created_at read in order
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     run_id      TEXT NOT NULL,
     event_id    TEXT NOT NULL,
     body        TEXT NOT NULL,
-    enqueued_at REAL NOT NULL
+    enqueued_at REAL NOT NULL,
+    sink        TEXT            -- NULL: for every sink, else only for this one (backfill, replay)
 );
 CREATE TABLE IF NOT EXISTS sink_cursors (
     sink            TEXT PRIMARY KEY,
@@ -78,6 +79,42 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+_TABLES_V2 = """
+CREATE TABLE IF NOT EXISTS webhook_queue (
+    run_id          TEXT PRIMARY KEY,  -- a repeat of a queued run_id is one row
+    event           TEXT,
+    status          TEXT,
+    received_at     REAL NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT
+);
+CREATE TABLE IF NOT EXISTS backfills (
+    name        TEXT PRIMARY KEY,   -- one per window and target: resuming finds it again
+    team_id     TEXT NOT NULL,
+    since       TEXT NOT NULL,
+    until       TEXT,
+    sink        TEXT,               -- NULL: every sink
+    position    TEXT,               -- the newest created_at read in order: where a resume goes on
+    events      INTEGER NOT NULL DEFAULT 0,
+    started_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    finished_at REAL
+);
+"""
+
+_SCHEMA = _TABLES_V1 + _TABLES_V2
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+# The statements that take a state file from version N-1 to N, run in one transaction.
+_MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE outbox ADD COLUMN sink TEXT", *_statements(_TABLES_V2)],
+}
 
 
 class StateError(Exception):
@@ -115,6 +152,7 @@ class OutboxEvent:
     run_id: str
     event_id: str
     body: str
+    sink: str | None = None  # None: for every sink; else only this one's (a backfill or replay)
 
 
 @dataclass(frozen=True)
@@ -340,14 +378,14 @@ class StateStore:
         """Events after ``after`` in order, at most ``max_events`` and (but for the first) ``max_bytes``."""
         batch: list[OutboxEvent] = []
         size = 0
-        for seq, run_id, event_id, body in self._conn.execute(
-            "SELECT seq, run_id, event_id, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+        for seq, run_id, event_id, body, sink in self._conn.execute(
+            "SELECT seq, run_id, event_id, body, sink FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, max_events),
         ):
             size += len(body)
             if batch and size > max_bytes:
                 break
-            batch.append(OutboxEvent(seq, run_id, event_id, body))
+            batch.append(OutboxEvent(seq, run_id, event_id, body, sink))
         return batch
 
     def oldest_enqueued_after(self, after: int) -> float | None:
@@ -563,8 +601,18 @@ def _check_and_migrate(conn: sqlite3.Connection, path: str, *, fresh: bool) -> N
             f"state file {path} was written by a newer duvo-exporter (schema {version}, this one reads "
             f"up to {SCHEMA_VERSION}); upgrade duvo-exporter or restore a matching file"
         )
-    if version < SCHEMA_VERSION:
+    if version < 1:
         raise StateError(f"state file {path} has unknown schema version {version}")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATIONS[target]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
 
 
 def _write_failure(path: str, exc: Exception) -> str:
@@ -577,6 +625,3 @@ def _write_failure(path: str, exc: Exception) -> str:
         return f"state file {path} is locked by another process ({message}): is a second exporter using it?"
     return f"state file {path}: cannot write ({message})"
 
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]

@@ -40,11 +40,19 @@ def test_minimal_config_gets_documented_defaults():
 def test_the_example_config_is_valid_and_states_the_defaults():
     from pathlib import Path
 
-    from exporter.config import ExtractSettings
+    from exporter.config import ExtractSettings, ServerSettings, WebhookSettings
 
     text = (Path(__file__).resolve().parent.parent / "config" / "exporter.example.yaml").read_text()
     config = parse_config(text, {"DUVO_API_KEY": "dv_key"})
     assert config.extract == ExtractSettings()
+    assert config.server == ServerSettings()
+    # the commented webhook block, uncommented, is valid too
+    block = text[text.index("# webhooks:") : text.index("\nextract:")]
+    uncommented = "\n".join(line.removeprefix("# ") if line.startswith("# ") else line for line in block.splitlines())
+    uncommented = uncommented.replace("#   ", "  ")
+    env = {"DUVO_API_KEY": "dv_key", "DUVO_WEBHOOK_TOKEN": "w" * 16}
+    with_hooks = parse_config(text.replace("listen: null", "listen: 'localhost:1'") + uncommented + "\n", env)
+    assert with_hooks.webhooks == WebhookSettings(token="w" * 16)
 
 
 def test_a_negative_sweep_is_refused():
@@ -189,3 +197,23 @@ def test_check_refuses_a_filter_typo(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("duvo-exporter: error: sinks[0].filter.statuses[0]: input should be 'completed'")
+
+
+def test_server_and_webhook_settings():
+    from exporter.config import parse_config
+
+    config = parse_config(
+        textwrap.dedent(BASE) + "server: {listen: '0.0.0.0:9464'}\nwebhooks: {token: '${TOKEN}'}\n",
+        {"TOKEN": "t" * 32},
+    )
+    assert config.server.address == ("0.0.0.0", 9464)
+    assert config.webhooks is not None and config.webhooks.token.get_secret_value() == "t" * 32
+    assert parse_config(textwrap.dedent(BASE), {}).server.address is None  # off unless set
+    assert problems(BASE + "server: {listen: '9464'}\n") == [
+        "server.listen: '9464' is not host:port (e.g. 127.0.0.1:9464)"
+    ]
+    assert problems(BASE + "webhooks: {token: '" + "t" * 20 + "'}\n") == [
+        "webhooks: needs server.listen (webhooks arrive at POST /webhooks/duvo on that server)"
+    ]
+    [short] = problems(BASE + "server: {listen: '127.0.0.1:1'}\nwebhooks: {token: short}\n")
+    assert short.startswith("webhooks.token: ") and "short" not in short  # never echo a secret

@@ -3,6 +3,7 @@
 import os
 import sqlite3
 import stat
+import threading
 
 import pytest
 
@@ -118,3 +119,69 @@ def test_new_sink_starts_at_the_end_of_the_outbox(tmp_path):
         store.ensure_cursors(["a", "late"])
         assert store.cursor("a").seq == 0
         assert store.cursor("late").seq == 1
+
+
+def test_a_version_1_state_is_migrated_in_place_and_keeps_everything(tmp_path):
+    """A state file written by the previous release (schema 1) gains the webhook queue, the
+    backfill cursors and per-sink outbox rows; its checkpoint, outbox and cursors are kept."""
+    import sqlite3
+
+    from exporter.state import _TABLES_V1, _statements
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    for statement in _statements(_TABLES_V1.replace(",\n    sink        TEXT            -- NULL", "\n    -- NULL")):
+        conn.execute(statement)
+    conn.execute("PRAGMA application_id = 0x4455564F")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO checkpoints VALUES ('t', '2026-01-01T00:00:00.000000Z', 0)")
+    conn.execute("INSERT INTO outbox(run_id, event_id, body, enqueued_at) VALUES ('r1', 'r1:completed', '{}', 0)")
+    conn.execute("INSERT INTO sink_cursors(sink, seq, delivered) VALUES ('s', 0, 5)")
+    conn.commit()
+    assert "sink" not in [row[1] for row in conn.execute("PRAGMA table_info(outbox)")]
+    conn.close()
+
+    with StateStore(str(path)) as store:
+        assert store.checkpoint("t") == "2026-01-01T00:00:00.000000Z"
+        assert [(e.run_id, e.sink) for e in store.read_outbox(0, 10, 10_000)] == [("r1", None)]
+        assert store.cursor("s").delivered == 5
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"webhook_queue", "backfills"} <= tables
+    conn.close()
+
+
+def test_an_outbox_row_for_one_sink_reaches_only_that_sink(tmp_path):
+    from exporter.delivery import SinkWorker
+    from sinks.settings import SinkSettings
+
+    store = StateStore(str(tmp_path / "s.db"))
+    store.ensure_cursors(["a", "b"])
+    store.commit_extraction("t", [], [("r1", "r1:completed", '{"run_id": "r1", "status": "completed"}')], None)
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO outbox(run_id, event_id, body, enqueued_at, sink) VALUES ('r0', 'r0:failed', "
+            """'{"run_id": "r0", "status": "failed"}', 0, 'b')"""
+        )
+    got: dict[str, list[str]] = {"a": [], "b": []}
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def send(self, events):
+            from sinks.base import SendResult
+
+            got[self.name] += [e["run_id"] for e in events]
+            return SendResult.ok(len(events))
+
+        def healthcheck(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    for name in ("a", "b"):
+        worker = SinkWorker(Recording(name), SinkSettings(name=name), StateStore(str(tmp_path / "s.db")), ["a", "b"])
+        worker.drain(threading.Event())
+    assert got == {"a": ["r1"], "b": ["r1", "r0"]}
+    assert store.cursor("a").filtered == 1 and store.cursor("a").delivered == 1
