@@ -119,8 +119,9 @@ started=$SECONDS
 logged "podman build" build.log \
   podman build --pull=never --format docker --network host "${secrets[@]}" -t "$IMAGE" .
 current=$(podman image inspect --format '{{.Id}}' "$IMAGE")
-if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
-  podman rmi "$previous" >/dev/null 2>&1 || true # the last build's image, now untagged
+if [ -n "$previous" ] && [ "$previous" != "$current" ] &&
+   [ "$(podman image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true # the last build's image, left without a tag
 fi
 ok "built $IMAGE in $((SECONDS - started)) s ($(podman image inspect --format '{{.Size}}' "$IMAGE" | numfmt --to=iec)B)"
 
@@ -187,10 +188,13 @@ done
 podman healthcheck run "$sim" >/dev/null 2>&1 || { podman logs "$sim" >&2; fail "the simulator did not come up"; }
 ok "simulator up; HEALTHCHECK reports healthy when DUVO_EXPORTER_HEALTH_URL answers"
 
+# Mounted copies readable by uid 10001 whatever the checkout's umask.
+install -m 0644 container/config.yaml "$tmp/config.yaml"
+install -m 0644 container/check_export.py "$tmp/check_export.py"
 # --read-only: the exporter writes only to the state volume (podman adds a tmpfs /tmp).
 run_in_sim_net() {
   podman run --rm --no-healthcheck --read-only --network "container:$sim" \
-    -v "$volume:/var/lib/duvo-exporter" -v "$PWD/container/config.yaml:/etc/duvo-exporter/config.yaml:ro" "$@"
+    -v "$volume:/var/lib/duvo-exporter" -v "$tmp/config.yaml:/etc/duvo-exporter/config.yaml:ro" "$@"
 }
 podman volume create "$volume" >/dev/null
 started=$SECONDS
@@ -205,9 +209,15 @@ uid=$(podman run --rm --network none --no-healthcheck --entrypoint id "$IMAGE" -
 gid=$(podman run --rm --network none --no-healthcheck --entrypoint id "$IMAGE" -g)
 [ "$uid:$gid" = "10001:10001" ] || fail "id -u/-g in the container: $uid:$gid"
 ok "id -u / id -g in the container: $uid:$gid"
+set +e
+podman run --rm --network none --no-healthcheck "$IMAGE" once >"$tmp/noconfig.log" 2>&1
+code=$?
+set -e
+[ "$code" -eq 2 ] || { cat "$tmp/noconfig.log" >&2; fail "without a config the image exited $code, not 2"; }
+ok "without a mounted config: exit 2, \"$(tail -n 1 "$tmp/noconfig.log")\""
 
 logged "the export check" check.log \
-  run_in_sim_net -v "$PWD/container/check_export.py:/usr/local/share/duvo-check.py:ro" --entrypoint python \
+  run_in_sim_net -v "$tmp/check_export.py:/usr/local/share/duvo-check.py:ro" --entrypoint python \
     "$IMAGE" /usr/local/share/duvo-check.py http://127.0.0.1:8787 /var/lib/duvo-exporter
 ok "$(sed 's/^check: OK: //' "$tmp/check.log")"
 
@@ -238,8 +248,8 @@ podman rm -f -v "$health" >/dev/null 2>&1
 ok "HEALTHCHECK: healthy no-op when DUVO_EXPORTER_HEALTH_URL is empty, unhealthy when nothing answers"
 
 logged "start duvo-exporter run" run-start.log \
-  podman run -d --no-healthcheck --name "$daemon" --network "container:$sim" \
-    -v "$volume:/var/lib/duvo-exporter" -v "$PWD/container/config.yaml:/etc/duvo-exporter/config.yaml:ro" "$IMAGE"
+  podman run -d --no-healthcheck --read-only --name "$daemon" --network "container:$sim" \
+    -v "$volume:/var/lib/duvo-exporter" -v "$tmp/config.yaml:/etc/duvo-exporter/config.yaml:ro" "$IMAGE"
 for _ in $(seq 60); do
   [[ "$(podman logs "$daemon" 2>&1)" == *'"pass finished"'* ]] && break
   sleep 0.5
