@@ -126,4 +126,4 @@ tar --numeric-owner --xattrs --acls -C "$root" -c . |
     --message "local stand-in for python:3.11-slim (debootstrap $SUITE)" \
     - "$BASE_IMAGE" >/dev/null
 podman run --rm --network none "$BASE_IMAGE" python -c 'import sys, ssl, sqlite3, venv; assert sys.version_info[:2] == (3, 11)'
-say "base image ready: $BASE_IMAGE ($(podman image inspect --format '{{.Size}}' "$BASE_IMAGE" | numfmt --to=iec) B) in $((SECONDS - started)) s"
+say "base image ready: $BASE_IMAGE ($(podman image inspect --format '{{.Size}}' "$BASE_IMAGE" | numfmt --to=iec)B) in $((SECONDS - started)) s"
