@@ -29,8 +29,12 @@ export CONTAINERS_CONF="$PWD/container/containers.conf"
 export BASE_IMAGE
 
 T0=$SECONDS
+PASSED=0
 step() { printf '\n==> [%3ds] %s\n' "$((SECONDS - T0))" "$*"; }
-ok() { printf '    ok: %s\n' "$*"; }
+ok() {
+  PASSED=$((PASSED + 1))
+  printf '    ok: %s\n' "$*"
+}
 fail() {
   printf '\ncontainer-test: FAILED: %s\n' "$*" >&2
   exit 1
@@ -54,6 +58,9 @@ cleanup() {
   rm -rf "$tmp"
   if [ "$status" -eq 0 ]; then
     printf '\ncontainer-test: OK in %ds (image %s)\n' "$((SECONDS - T0))" "$IMAGE"
+    printf 'container-test: %d passed, 0 failed\n' "$PASSED"
+  else
+    printf 'container-test: %d passed, 1 failed\n' "$PASSED"
   fi
 }
 trap cleanup EXIT
