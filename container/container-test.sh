@@ -140,10 +140,12 @@ logged "context probe build" probe-build.log \
   podman build --pull=never --network none -f "$tmp/probe.Dockerfile" -t "$probe" .
 context=$(podman run --rm --network none "$probe" sh -c \
   'cd /context && { ls -A; find . -name __pycache__ -o -name "*.pyc" | head -n 3; }' | sort | tr '\n' ' ')
-[ "$context" = "README.md exporter pyproject.toml sinks " ] ||
-  fail "the build context should hold only README.md exporter pyproject.toml sinks, it holds: $context"
+# Exactly the allowlist's entries (.dockerignore's `!name` lines; tests/test_container_files.py
+# checks they are what the Dockerfile copies), and no bytecode caches.
+expected=$(sed -n 's:^!\([^*]*\)$:\1:p' .dockerignore | sed 's:/$::' | sort | tr '\n' ' ')
+[ "$context" = "$expected" ] || fail "the build context should hold only $expected; it holds: $context"
 podman rmi -f "$probe" >/dev/null
-ok "context: README.md, pyproject.toml, exporter/, sinks/ (no .git, .venv, var/, caches)"
+ok "context: only ${expected}(no .git, .venv, var/, caches)"
 
 inspect() { podman image inspect --format "$1" "$IMAGE"; }
 [ "$(inspect '{{.Config.User}}')" = "10001:10001" ] || fail "USER is '$(inspect '{{.Config.User}}')', not 10001:10001"
