@@ -18,7 +18,7 @@ demo: venv
 	$(VENV)/bin/duvo-exporter demo
 
 lint: venv
-	$(PY) -m ruff check exporter sinks transport tests bench
+	$(PY) -m ruff check exporter sinks transport tests bench container
 
 test: venv lint
 	$(PY) -m pytest -q -m "not soak"
