@@ -129,9 +129,22 @@ def parse_dockerfile(text: str) -> Image:
     runs: list[str] = []
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
-    for word, rest in _instructions(text):
+    args: dict[str, str] = {}  # ARG defaults, substituted as ${NAME} or $NAME
+
+    def substitute(value: str) -> str:
+        return re.sub(
+            r"\$\{(\w+)\}|\$(\w+)",
+            lambda m: args.get(m.group(1) or m.group(2), env.get(m.group(1) or m.group(2), m.group(0))),
+            value,
+        )
+
+    for word, instruction in _instructions(text):
+        rest = substitute(instruction) if word != "RUN" else instruction
         if word == "FROM":  # a later stage starts afresh
-            env, volumes, user, runs = {}, [], "", []
+            env, volumes, user, runs, args = {}, [], "", [], {}
+        elif word == "ARG":
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip().strip('"')
         elif word == "ENV":
             if "=" in rest.split()[0]:
                 for pair in shlex.split(rest):
@@ -194,6 +207,14 @@ def image() -> Image:
             10001,
             10001,
         ),
+        # Ids and paths from build arguments.
+        (
+            "FROM python:3.11-slim\nARG UID=10001\nARG GID=10001\nARG STATE=/var/lib/duvo-exporter\n"
+            'ENV DUVO_EXPORTER_CONFIG="/etc/duvo-exporter/config.yaml"\nUSER ${UID}:$GID\nVOLUME ["${STATE}"]\n'
+            'ENTRYPOINT ["duvo-exporter"]\nCMD ["run"]\n',
+            10001,
+            10001,
+        ),
     ],
 )
 def test_the_dockerfile_parser_reads_both_forms(dockerfile: str, uid: int, gid: int | None) -> None:
@@ -205,7 +226,7 @@ def test_the_dockerfile_parser_reads_both_forms(dockerfile: str, uid: int, gid: 
 
 
 def test_the_image_is_what_the_deployment_files_assume(image: Image) -> None:
-    assert image.entrypoint == ("duvo-exporter",)
+    assert [PurePosixPath(word).name for word in image.entrypoint] == ["duvo-exporter"]
     assert image.uid != 0
     assert PurePosixPath(image.config_path).name == "config.yaml"
 
