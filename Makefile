@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint soak bench bench-venv clean container-test
+.PHONY: venv demo test lint soak bench bench-venv clean container-test realpeer
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ lint: venv
 	$(PY) -m ruff check exporter sinks transport tests bench container
 
 test: venv lint
-	$(PY) -m pytest -q -m "not soak"
+	$(PY) -m pytest -q -m "not soak and not realpeer"
 
 # Minutes, not in CI: 25 kill -9s of the daemon, thousands of property-test schedules, and the
 # soak tests (steady load with faults; memory flat, backlog back to zero).
@@ -36,6 +36,11 @@ soak: venv
 # fresh machine, 1 once the base image exists.
 container-test: venv
 	PY=$(PY) bash container/container-test.sh
+
+# Checks against a real peer built by hand outside the repo (never committed): the dashboard's
+# LogQL on a Loki 3.x binary. DUVO_LOKI_BIN=/path/to/loki make realpeer
+realpeer: venv
+	$(PY) -m pytest -q -m realpeer
 
 # Benchmarks write docs/benchmarks.md and docs/*.png (minutes; not part of `make test`).
 bench-venv: venv
