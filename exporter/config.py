@@ -11,10 +11,10 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from sinks import registry
 from sinks.settings import SinkSettings, StrictModel, TLSSettings
@@ -117,6 +117,15 @@ class ScheduleSettings(StrictModel):
         return parse_duration(self.every) if self.every else None
 
 
+def _valid_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+# A duration as people write it in YAML (30s, 5m, 1h30m), kept as written for the docs' sake.
+DurationText = Annotated[str, AfterValidator(_valid_duration)]
+
+
 class StateSettings(StrictModel):
     path: str = "./var/state.db"
     # Past this many undelivered events extraction pauses (logged) until sinks catch up:
@@ -126,13 +135,7 @@ class StateSettings(StrictModel):
     synchronous: Literal["full", "normal"] = "full"
     # How long already-exported Jobs are remembered past the re-listing horizon, so a Job
     # listed again (clock skew, a `since` that filters on another time) is not exported twice.
-    seen_retention: str = "24h"
-
-    @field_validator("seen_retention")
-    @classmethod
-    def _retention(cls, value: str) -> str:
-        parse_duration(value)
-        return value
+    seen_retention: DurationText = "24h"
 
 
 class RecheckSettings(StrictModel):
@@ -141,15 +144,9 @@ class RecheckSettings(StrictModel):
     are re-checked after age x factor, clamped to [min, max]."""
 
     sweep_pages: int = Field(default=20, ge=0, le=10_000)  # 0 = no sweep, age schedule only
-    min_interval: str = "0s"
-    max_interval: str = "1h"
+    min_interval: DurationText = "0s"
+    max_interval: DurationText = "1h"
     age_factor: float = Field(default=0.25, ge=0, le=10)
-
-    @field_validator("min_interval", "max_interval")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)
-        return value
 
 
 class ExtractSettings(StrictModel):
@@ -200,13 +197,7 @@ class WebhookSettings(StrictModel):
     token: SecretStr = Field(min_length=16)
     # With webhooks flowing, polling is the safety net for lost ones: open Jobs are re-checked
     # by the age schedule at most this often (the sweep keeps its own cap).
-    recheck_interval: str = "30m"
-
-    @field_validator("recheck_interval")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)
-        return value
+    recheck_interval: DurationText = "30m"
 
 
 class Config(BaseModel):

@@ -9,7 +9,6 @@ import contextlib
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,20 +107,6 @@ def _reset(conn: socket.socket) -> None:
 def resetting_server() -> Iterator[int]:
     with _serving(_reset) as port:
         yield port
-
-
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 @contextlib.contextmanager
@@ -250,9 +235,9 @@ def test_a_reset_connection(client: str) -> None:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_a_self_signed_certificate(client: str, self_signed: tuple[Path, Path]) -> None:
+def test_a_tls_cert_certificate(client: str, tls_cert: tuple[Path, Path]) -> None:
     run, prefix = CLIENTS[client]
-    with tls_server(*self_signed) as port:
+    with tls_server(*tls_cert) as port:
         message = run(f"https://127.0.0.1:{port}")
     assert_line(message, prefix, port, "TLS: certificate verify failed: self-signed certificate")
 

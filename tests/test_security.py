@@ -317,7 +317,6 @@ def test_debug_level_survives_building_a_datadog_sink():
 
 
 
-
 @pytest.mark.parametrize(
     "kind", [pytest.param("datadog"), pytest.param("splunk_hec"), "loki"]
 )
@@ -396,22 +395,6 @@ def test_state_file_and_its_wal_are_created_0600_even_with_a_permissive_umask(si
 
 
 # ---- TLS -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made now (the `cryptography` package is not in the
-    venv; the openssl command line is)."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 class _Forward(BaseHTTPRequestHandler):
