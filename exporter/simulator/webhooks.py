@@ -1,7 +1,8 @@
-"""WebhookSender: POSTs Duvo's webhook to a Job's webhook_url on each status change.
+"""WebhookSender: POSTs Duvo's webhook to a Job's webhook_url when it finishes or waits for a human.
 
-{"event": "run_completed" | "run_failed" | "run_interrupted" | "run_stopped" | "human_request" |
-"run_<status>", "run_id": "...", "status": "..."}, as the API guide describes. Statuses are
+{"event": "run_completed" | "run_failed" | "run_interrupted" | "run_stopped" | "human_request",
+"run_id": "...", "status": "..."}: the guide's events (plus run_stopped, which it does not name
+but a stopped Job has to announce somehow); pending, starting and running send nothing. Statuses are
 derived from time, so a background thread polls the world for changes. Loopback URLs only: the
 simulator never sends anything off the machine.
 """
@@ -27,7 +28,7 @@ EVENTS = {
 
 
 def event_for(status: str) -> str:
-    return EVENTS.get(status, f"run_{status}")
+    return EVENTS[status]
 
 
 class WebhookSender:
@@ -60,7 +61,8 @@ class WebhookSender:
     def _run(self) -> None:
         while not self._stop.wait(self.poll_interval):
             for url, run_id, status in self.world.webhook_changes():
-                self.send(url, run_id, status)
+                if status in EVENTS:
+                    self.send(url, run_id, status)
 
     def send(self, url: str, run_id: str, status: str) -> None:
         if urlsplit(url).hostname not in LOOPBACK:
