@@ -412,6 +412,10 @@ class Extractor:
                 report.gone += len(gone)
                 self._commit_rows(team, fetched, report, checkpoint=None, gone=gone)
 
+    def since_for(self, created_at: Any) -> str | None:
+        """The `since` a listing that must show a Job created at ``created_at`` starts from."""
+        return self._since(timestamps.normalize(created_at)) if created_at else None
+
     def apply_fetched(self, team: str, run: dict[str, Any], also: Callable[[Any], None] | None = None) -> int:
         """Record one Job fetched outside a pass (a webhook's GET /runs/{id}) exactly as a re-check
         records it: same event_id, same de-duplication, same outbox. ``also(conn)`` runs inside the

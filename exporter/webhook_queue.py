@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 
@@ -89,6 +90,7 @@ class WebhookProcessor:
         run_id = item.run_id
         try:
             run = self.extractor.source.get_run(run_id)
+            team = self._team_of(run_id, run) if run is not None else None
         except DuvoError as exc:
             delay = self._retry_delay(item.attempts, long=isinstance(exc, DuvoAuthError))
             log.warning(
@@ -104,7 +106,6 @@ class WebhookProcessor:
             log.info("webhook: the job does not exist (404); dropped", run_id=run_id)
             self._drop(item)
             return
-        team = self._team_of(run_id, run)
         if team is None:
             log.warning(
                 "webhook: the job is not of a configured team; dropped",
@@ -122,13 +123,23 @@ class WebhookProcessor:
             self.on_exported()
         log.debug("webhook processed", run_id=run_id, status=run.get("status"), events=events)
 
-    def _team_of(self, run_id: str, run: dict) -> str | None:
+    def _team_of(self, run_id: str, run: dict[str, Any]) -> str | None:
+        """The configured team the Job belongs to, or None. The API's record need not carry a
+        team_id (the guide does not list one): then the team that listed it, else one whose list
+        shows it (one request per team, from the Job's created_at)."""
         team = run.get("team_id")
         if isinstance(team, str) and team:
             return team if team in self.teams else None
         known = self.store.known_runs([run_id]).get(run_id)
-        if known is not None and known.team_id in self.teams:
-            return known.team_id
+        if known is not None:
+            return known.team_id if known.team_id in self.teams else None
+        since = self.extractor.since_for(run.get("created_at"))
+        if since is None:
+            return None
+        for candidate in sorted(self.teams):
+            page = self.extractor.source.list_runs(candidate, since=since, limit=100, sort_order="asc")
+            if any(str(row.get("id")) == run_id for row in page.data):
+                return candidate
         return None
 
     def _drop(self, item: QueuedWebhook) -> None:

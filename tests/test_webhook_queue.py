@@ -21,13 +21,15 @@ T0 = 1_900_000_000.0
 
 
 class Flaky:
-    """A source whose get_run fails while ``down``."""
+    """The model API, whose get_run fails while ``down``."""
 
     def __init__(self, api: ModelApi) -> None:
         self.api, self.down = api, False
+        self.hidden: set[str] = set()  # Jobs of a team we do not read: never in our lists
 
     def list_runs(self, *args, **kwargs):
-        return self.api.list_runs(*args, **kwargs)
+        page = self.api.list_runs(*args, **kwargs)
+        return type(page)([row for row in page.data if row["id"] not in self.hidden], page.total)
 
     def get_run(self, run_id: str):
         if self.down:
@@ -72,14 +74,19 @@ def test_a_queued_job_the_pass_listed_is_exported_once_whoever_sees_it_first(tmp
     assert len(outbox(processor.store)) == 1
 
 
-def test_a_record_without_a_team_never_listed_is_dropped(tmp_path):
+def test_a_record_without_a_team_is_exported_only_if_a_configured_team_lists_it(tmp_path):
     api, clock = ModelApi(), [T0]
-    _source, _ex, processor = setup(tmp_path, api, clock)
-    stranger = api.add("completed")  # the model's records carry no team_id, and no pass listed it
-    processor.store.queue_webhook(stranger, "run_completed", "completed", clock[0])
+    source, _ex, processor = setup(tmp_path, api, clock)
+    # The model's records carry no team_id (as the guide's), and no pass has listed these.
+    shown, hidden = api.add("completed"), api.add("completed")
+    source.hidden = {hidden}
+    before = api.requests
+    for run_id in (shown, hidden):
+        processor.store.queue_webhook(run_id, "run_completed", "completed", clock[0])
     processor.drain()
-    assert outbox(processor.store) == [] and processor.dropped == 1
-    assert processor.store.webhooks_queued() == 0
+    assert [e["run_id"] for e in outbox(processor.store)] == [shown]
+    assert processor.dropped == 1 and processor.store.webhooks_queued() == 0
+    assert api.requests - before == 4  # a GET and one list request each
 
 
 def test_a_record_of_another_team_is_dropped_and_of_a_configured_one_exported(tmp_path):
