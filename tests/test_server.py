@@ -357,7 +357,11 @@ def test_webhooks_during_passes_export_each_job_once(sim, tmp_path):
         assert wait_for(lambda: set(exported(runs)) >= {job["id"] for job in jobs}, timeout=60)
         sim_faults(sim, slow_seconds=0.0)
         assert wait_for(lambda: queued(tmp_path) == [])
-        time.sleep(1.5)  # at least one more pass: it must not repeat any of them
+        passes = metric(d.get("/metrics").text, "duvo_exporter_passes_total", outcome="ok")
+        # Two more passes list every one of them again: none may be exported twice.
+        assert wait_for(
+            lambda: metric(d.get("/metrics").text, "duvo_exporter_passes_total", outcome="ok") >= passes + 2
+        )
         assert max(exported(runs).values()) == 1
     finally:
         sim_faults(sim, slow_seconds=0.0)
