@@ -123,7 +123,7 @@ class SimHost:
 
     def job_times(self) -> dict[str, tuple[float, float | None]]:
         """run_id -> (created_at, completed_at or None while open), epoch seconds, for every Job."""
-        from exporter import timestamps
+        from transport import timestamps
 
         times: dict[str, tuple[float, float | None]] = {}
         for job in self.sim.world.jobs():

@@ -11,8 +11,8 @@ T = TypeVar("T")
 
 # (area, test on "filename:function"), first match wins.
 _AREAS: list[tuple[str, Callable[[str], bool]]] = [
-    ("SQLite (state, outbox)", lambda s: "sqlite3" in s or "exporter/state.py" in s),
-    ("timestamps parse/format", lambda s: "exporter/timestamps.py" in s or "strftime" in s or "fromisoformat" in s),
+    ("SQLite (state, outbox)", lambda s: "sqlite3" in s or "exporter/state/store.py" in s),
+    ("timestamps parse/format", lambda s: "transport/timestamps.py" in s or "strftime" in s or "fromisoformat" in s),
     ("datadog-api-client (models, serialisation)", lambda s: "datadog_api_client" in s),
     ("JSON encode/decode", lambda s: "/json/" in s or "_json" in s or "orjson" in s),
     ("gzip", lambda s: "gzip" in s or "zlib" in s),

@@ -15,7 +15,7 @@ import structlog
 from exporter import __version__, exitcodes
 from exporter.config import Config, ConfigError, load_config
 from exporter.logsetup import LOG_FORMATS, configure_logging, redact, register_secret
-from exporter.state import StateError
+from exporter.state.store import StateError
 
 log = structlog.get_logger("exporter.cli")
 
@@ -61,9 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from exporter.duvo_client import DuvoAuthError, DuvoError
     from exporter.pipeline import Exporter
     from exporter.scheduler import install_stop_handlers
+    from exporter.source.duvo_client import DuvoAuthError, DuvoError
 
     config = _load(args)
     stop = threading.Event()
@@ -109,8 +109,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config OK: {len(config.sinks)} sink(s), teams {', '.join(config.duvo.team_ids)}")
     if not args.connect:
         return exitcodes.OK
-    from exporter.duvo_client import DuvoError
     from exporter.pipeline import build_client
+    from exporter.source.duvo_client import DuvoError
     from sinks.base import SinkError
     from sinks.registry import build_sink
 
@@ -151,8 +151,8 @@ def _probe_state(path: str) -> str | None:
 
     An existing file is opened and a write transaction begun and rolled back; a new one is not
     created, but its directory must exist or be creatable and be writable."""
-    from exporter.state import StateStore
-    from exporter.state_lock import holder_of
+    from exporter.state.lock import holder_of
+    from exporter.state.store import StateStore
 
     if os.path.exists(path):
         try:
@@ -177,9 +177,9 @@ def _probe_state(path: str) -> str | None:
 
 
 def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]:
-    from exporter.pass_record import LAST_PASS_KEY, PassRecord
-    from exporter.state import StateStore
-    from exporter.state_lock import holder_of
+    from exporter.state.lock import holder_of
+    from exporter.state.pass_record import LAST_PASS_KEY, PassRecord
+    from exporter.state.store import StateStore
 
     if not os.path.exists(config.state.path):
         return {"state_path": config.state.path, "initialized": False}
@@ -285,9 +285,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from exporter.delivery import replay_dead_letters
-    from exporter.state import StateStore
-    from exporter.state_lock import StateLock
+    from exporter.delivery.worker import replay_dead_letters
+    from exporter.state.lock import StateLock
+    from exporter.state.store import StateStore
     from sinks.registry import build_sink
 
     config = _load(args)
@@ -354,7 +354,7 @@ def _iso(epoch: float | None) -> str | None:
         return None
     from datetime import UTC, datetime
 
-    from exporter import timestamps
+    from transport import timestamps
 
     return timestamps.format_utc(datetime.fromtimestamp(epoch, tz=UTC))
 

@@ -16,10 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from exporter import timestamps
-from exporter.durations import parse_duration
 from sinks import registry
 from sinks.settings import SinkSettings, StrictModel, TLSSettings
+from transport import timestamps
+from transport.durations import parse_duration
 
 DUVO_KEY_RATE_LIMIT = 300  # requests per minute per API key, Duvo's documented limit
 

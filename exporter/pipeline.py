@@ -11,17 +11,17 @@ import structlog
 
 from exporter import __version__
 from exporter.config import Config
-from exporter.delivery import SinkWorker
-from exporter.durations import parse_duration
-from exporter.duvo_client import DuvoClient
-from exporter.extraction import DuvoSource, Extractor, PassReport
+from exporter.delivery.worker import SinkWorker
 from exporter.observe import NULL_OBSERVER, Observer
-from exporter.pass_record import LAST_PASS_KEY, PassRecord
-from exporter.state import StateError, StateStore
-from exporter.state_lock import StateLock
-from exporter.webhook_queue import WebhookProcessor
+from exporter.source.duvo_client import DuvoClient
+from exporter.source.extraction import DuvoSource, Extractor, PassReport
+from exporter.source.webhook_queue import WebhookProcessor
+from exporter.state.lock import StateLock
+from exporter.state.pass_record import LAST_PASS_KEY, PassRecord
+from exporter.state.store import StateError, StateStore
 from sinks.base import Sink
 from sinks.registry import build_sink
+from transport.durations import parse_duration
 
 log = structlog.get_logger(__name__)
 

@@ -16,9 +16,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from exporter import exitcodes
 from exporter.config import ScheduleSettings
-from exporter.duvo_client import DuvoAuthError, DuvoError
 from exporter.pipeline import Exporter
-from exporter.state import StateError
+from exporter.source.duvo_client import DuvoAuthError, DuvoError
+from exporter.state.store import StateError
 
 log = structlog.get_logger(__name__)
 

@@ -25,14 +25,14 @@ from datadog_api_client.v2.api.logs_api import LogsApi
 from datadog_api_client.v2.model.content_encoding import ContentEncoding
 from pydantic import Field, SecretStr, field_validator
 
-from exporter import timestamps
-from exporter.durations import parse_duration
-from exporter.ratelimit import retry_after_seconds
 from sinks import datadog_encode as encode
 from sinks.base import Event, SendResult, SinkError, one_line
 from sinks.settings import BatchSettings, SinkSettings, strip_slash
 from sinks.splitting import Kind, Verdict, send_splitting
+from transport import timestamps
+from transport.durations import parse_duration
 from transport.errors import describe_transport_error
+from transport.ratelimit import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exporter import timestamps
+from transport import timestamps
 
 SOURCE = "duvo"
 

@@ -22,13 +22,13 @@ import requests
 import structlog
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from exporter.ratelimit import TokenBucket, retry_after_seconds
 from sinks.base import Event, Rejection, SendResult, SinkError, one_line
 from sinks.loki_encode import Encoder, Entry, TimestampField, check_static_labels, push_body
 from sinks.loki_response import map_rejections, parse_reply
 from sinks.settings import BatchSettings, HttpSinkSettings, StrictModel, secret_value
 from sinks.splitting import Kind, Verdict, send_splitting
 from transport.errors import describe_transport_error
+from transport.ratelimit import TokenBucket, retry_after_seconds
 
 log = structlog.get_logger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from exporter import timestamps
 from sinks.base import Event
+from transport import timestamps
 
 # Prometheus/Loki label names; names starting with "__" are reserved for Loki's own use.
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

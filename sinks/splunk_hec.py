@@ -20,7 +20,6 @@ import requests.auth
 import structlog
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from exporter import timestamps
 from sinks.base import Event, SendResult, SinkError
 from sinks.settings import BatchSettings, HttpSinkSettings, secret_value
 from sinks.splitting import Kind, Verdict, send_splitting
@@ -35,6 +34,7 @@ from sinks.splunk_hec_answer import (
     TOKEN_CODES,
     HecAnswer,
 )
+from transport import timestamps
 from transport.errors import describe_transport_error
 
 log = structlog.get_logger(__name__)

@@ -24,8 +24,8 @@ from typing import Any
 
 import requests
 
-from exporter.ratelimit import retry_after_seconds
 from sinks.base import one_line
+from transport.ratelimit import retry_after_seconds
 
 TOKEN_CODES = frozenset({1, 2, 3, 4, 21, 22})
 CHANNEL_CODES = frozenset({10, 11})

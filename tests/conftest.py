@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections import Counter
 from collections.abc import Iterator
@@ -42,20 +43,26 @@ NOBODY = 65534
 def _reachable_by_nobody() -> Iterator[None]:
     """Grant traverse permission on the folders above this checkout and the interpreter for as
     long as an unprivileged subprocess runs: a clone under `mktemp -d` sits in a 0700 folder."""
+    import fcntl
     import stat
 
-    folders = {ROOT, *ROOT.parents, *Path(os.path.realpath(sys.executable)).parents}
-    changed: list[tuple[Path, int]] = []
-    for folder in folders:
-        mode = folder.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            os.chmod(folder, mode | stat.S_IXOTH)
-            changed.append((folder, mode))
-    try:
-        yield
-    finally:
-        for folder, mode in changed:
-            os.chmod(folder, stat.S_IMODE(mode))
+    # Test suites run side by side on one machine (several checkouts) grant and restore the same
+    # folders (/root, the interpreter's): one machine-wide lock keeps one from revoking what the
+    # other's subprocess is still using.
+    with open(os.path.join(tempfile.gettempdir(), "duvo-exporter-tests-unprivileged.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        folders = {ROOT, *ROOT.parents, *Path(os.path.realpath(sys.executable)).parents}
+        changed: list[tuple[Path, int]] = []
+        for folder in folders:
+            mode = folder.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                os.chmod(folder, mode | stat.S_IXOTH)
+                changed.append((folder, mode))
+        try:
+            yield
+        finally:
+            for folder, mode in changed:
+                os.chmod(folder, stat.S_IMODE(mode))
 
 
 def run_unprivileged(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exporter import timestamps
+from transport import timestamps
 
 
 @dataclass

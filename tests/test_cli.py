@@ -209,7 +209,7 @@ def test_simulate_stops_on_sigterm():
 
 
 def test_a_reader_that_goes_away_ends_status_quietly(sim, tmp_path):
-    from exporter.state import OutboxEvent, StateStore
+    from exporter.state.store import OutboxEvent, StateStore
 
     config = str(write_config(tmp_path, sim.url))
     with StateStore(str(tmp_path / "state.db")) as store:  # more output than a pipe holds

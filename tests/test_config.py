@@ -182,7 +182,7 @@ def test_filter_values_are_checked_against_what_events_carry():
 def test_filter_vocabulary_matches_what_the_pipeline_emits():
     from typing import get_args
 
-    from exporter import events
+    from exporter.transform import events
     from sinks.base import EventStatus, EventType
 
     assert set(get_args(EventStatus)) == events.TERMINAL_STATUSES | {"waiting"}

@@ -20,7 +20,7 @@ import requests
 import urllib3
 from datadog_api_client.exceptions import ApiException
 
-from exporter.duvo_client import DuvoClient, DuvoError
+from exporter.source.duvo_client import DuvoClient, DuvoError
 from sinks.base import SinkError
 from sinks.registry import build_sink, settings_model
 from transport.errors import describe_transport_error, endpoint

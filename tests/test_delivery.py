@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from exporter.delivery import SinkWorker, replay_dead_letters
-from exporter.state import StateError, StateStore
+from exporter.delivery.worker import SinkWorker, replay_dead_letters
+from exporter.state.store import StateError, StateStore
 from sinks.base import Event, Rejection, SendResult
 from sinks.settings import FieldSettings, FilterSettings, RetrySettings, SinkSettings
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from exporter import events as runevents
-from exporter import timestamps
+from exporter.transform import events as runevents
 from sinks.datadog import DatadogSink, DatadogSinkSettings
 from sinks.loki import LokiSink, LokiSinkSettings
 from sinks.splunk_hec import SplunkHecSink, SplunkHecSinkSettings
 from tests.fakes.datadog import DatadogFake
 from tests.fakes.loki import FakeLoki
 from tests.fakes.splunk_hec import FakeSplunkHec
+from transport import timestamps
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "docs/sinks/datadog.md", "docs/sinks/splunk_hec.md", "docs/sinks/loki.md"]

@@ -23,7 +23,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from exporter.duvo_client import (
+from exporter.logsetup import configure_logging
+from exporter.source.duvo_client import (
     DuvoAuthError,
     DuvoClient,
     DuvoError,
@@ -31,7 +32,6 @@ from exporter.duvo_client import (
     DuvoUnavailable,
     RunPage,
 )
-from exporter.logsetup import configure_logging
 
 KEY = "dv_test_0123456789abcdef"
 TEAM = "t1"

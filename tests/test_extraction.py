@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from exporter.config import ExtractSettings, RecheckSettings
-from exporter.extraction import Extractor
-from exporter.state import StateStore
+from exporter.source.extraction import Extractor
+from exporter.state.store import StateStore
 from tests.model_api import ModelApi
 
 T0 = 1_900_000_000.0

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.config import ExtractSettings, RecheckSettings
-from exporter.extraction import Extractor
-from exporter.state import StateStore
+from exporter.source.extraction import Extractor
+from exporter.state.store import StateStore
 from tests.model_api import ModelApi
 
 TERMINAL = ["completed", "failed", "stopped", "interrupted"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from exporter.state import StateStore
+from exporter.state.store import StateStore
 from tests.conftest import cli_in_process, terminal_ids, write_config
 from tests.fakes.datadog import DatadogFake
 from tests.fakes.loki import FakeLoki

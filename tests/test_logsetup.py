@@ -162,7 +162,7 @@ def log_everything() -> None:
     logging.getLogger("datadog_api_client.rest").debug("response body: b''")
     logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding connection")
     logging.getLogger("apscheduler.scheduler").error("Error adding job")
-    structlog.get_logger("exporter.extraction").debug("swept open jobs")
+    structlog.get_logger("exporter.source.extraction").debug("swept open jobs")
     structlog.get_logger("exporter.pipeline").info("pass finished")
     logging.getLogger("sinks.loki").debug("own stdlib line")
     logging.getLogger("transport.errors").info("own stdlib info")
@@ -180,7 +180,7 @@ def test_libraries_stay_at_warning_whatever_the_exporters_level() -> None:
     log_everything()
     assert shown(out) == [
         *LIBRARY_WARNINGS,
-        ("exporter.extraction", "debug"),
+        ("exporter.source.extraction", "debug"),
         ("exporter.pipeline", "info"),
         ("sinks.loki", "debug"),
         ("transport.errors", "info"),

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter import timestamps
-from exporter.duvo_client import DuvoClient, DuvoUnavailable
 from exporter.observe import Observer
 from exporter.server.metrics import build_registry
-from exporter.state import RunUpdate, StateStore
+from exporter.source.duvo_client import DuvoClient, DuvoUnavailable
+from exporter.state.store import RunUpdate, StateStore
 from tests.conftest import sim_faults
+from transport import timestamps
 
 
 class Recorder(Observer):

@@ -1,4 +1,4 @@
-from exporter.ratelimit import TokenBucket
+from transport.ratelimit import TokenBucket
 
 
 class FakeTime:
@@ -34,7 +34,7 @@ def test_pause_blocks_and_forgets_the_burst():
 def test_retry_after_seconds_and_http_dates():
     from datetime import UTC, datetime
 
-    from exporter.ratelimit import retry_after_seconds
+    from transport.ratelimit import retry_after_seconds
 
     now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
     assert retry_after_seconds("7", lambda: now) == 7.0
@@ -49,7 +49,7 @@ def test_no_60s_window_exceeds_requests_per_minute():
     """The API counts a sliding 60 s window: the bucket's burst must fit inside the budget."""
     from bisect import bisect_left
 
-    from exporter.duvo_client import DuvoClient
+    from exporter.source.duvo_client import DuvoClient
 
     now = [0.0]
 

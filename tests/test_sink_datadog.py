@@ -17,13 +17,13 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from exporter import timestamps
 from exporter.config import ConfigError, parse_config
 from sinks import datadog_encode as encode
 from sinks.base import SinkError
 from sinks.datadog import SITES, DatadogSink, DatadogSinkSettings
 from sinks.registry import build_sink, settings_model
 from tests.fakes.datadog import MAX_ENTRY_BYTES, MAX_PAYLOAD_BYTES, DatadogFake
+from transport import timestamps
 
 KEY = "0123456789abcdef-secret-key"
 

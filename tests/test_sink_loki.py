@@ -11,14 +11,14 @@ from urllib.parse import urlsplit
 import pydantic
 import pytest
 
-from exporter import events as run_events
-from exporter import timestamps
+from exporter.transform import events as run_events
 from sinks.base import SendResult, SinkError
 from sinks.loki import LokiSink, LokiSinkSettings, retry_after_seconds
 from sinks.loki_encode import Encoder, Entry
 from sinks.loki_response import map_rejections, parse_go_time, parse_labels, parse_reply
 from sinks.registry import build_sink, settings_model
 from tests.fakes.loki import FakeLoki, go_time_string, labels_string
+from transport import timestamps
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 SECRET = "s3cret-password-value"

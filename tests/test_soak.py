@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from exporter.simulator import Simulator, SimulatorOptions
-from exporter.state import StateStore
+from exporter.state.store import StateStore
 from tests.conftest import ROOT, TERMINAL, cli, exported, terminal_ids
 from tests.fakes.datadog import DatadogFake
 

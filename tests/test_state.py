@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from exporter.state import SCHEMA_VERSION, StateError, StateStore
+from exporter.state.store import SCHEMA_VERSION, StateError, StateStore
 
 
 def test_created_private_and_reopenable(tmp_path):
@@ -86,7 +86,7 @@ def test_read_only_directory_is_a_clear_error():
     try:
         os.chmod(directory, 0o555)
         code = (
-            "from exporter.state import StateStore, StateError\n"
+            "from exporter.state.store import StateStore, StateError\n"
             "try:\n"
             f"    StateStore({directory + '/s.db'!r})\n"
             "except StateError as exc:\n"
@@ -126,7 +126,7 @@ def test_a_version_1_state_is_migrated_in_place_and_keeps_everything(tmp_path):
     backfill cursors and per-sink outbox rows; its checkpoint, outbox and cursors are kept."""
     import sqlite3
 
-    from exporter.state import _TABLES_V1, _statements
+    from exporter.state.store import _TABLES_V1, _statements
 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
@@ -153,7 +153,7 @@ def test_a_version_1_state_is_migrated_in_place_and_keeps_everything(tmp_path):
 
 
 def test_an_outbox_row_for_one_sink_reaches_only_that_sink(tmp_path):
-    from exporter.delivery import SinkWorker
+    from exporter.delivery.worker import SinkWorker
     from sinks.settings import SinkSettings
 
     store = StateStore(str(tmp_path / "s.db"))

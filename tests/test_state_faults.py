@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.delivery import SinkWorker
-from exporter.state import SCHEMA_VERSION, StateStore
+from exporter.delivery.worker import SinkWorker
+from exporter.state.store import SCHEMA_VERSION, StateStore
 from sinks.file import FileSink, FileSinkSettings
 from tests.conftest import (
     NOBODY,

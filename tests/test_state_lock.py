@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.state import StateError, StateStore
-from exporter.state_lock import StateLock, holder_of
+from exporter.state.lock import StateLock, holder_of
+from exporter.state.store import StateError, StateStore
 from tests.conftest import ROOT, cli, write_config
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config import ExtractSettings, RecheckSettings
-from exporter.duvo_client import DuvoError
-from exporter.extraction import Extractor
-from exporter.state import KnownRun, StateStore
-from exporter.sweep import list_pages, page_allowance, plan_sweep
+from exporter.source.duvo_client import DuvoError
+from exporter.source.extraction import Extractor
+from exporter.source.sweep import list_pages, page_allowance, plan_sweep
+from exporter.state.store import KnownRun, StateStore
 from tests.conftest import cli, exported, terminal_ids, write_config
 from tests.model_api import ModelApi
 

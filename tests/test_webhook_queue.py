@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from exporter.config import ExtractSettings, RecheckSettings, ScheduleSettings
-from exporter.duvo_client import DuvoUnavailable
-from exporter.extraction import Extractor
-from exporter.pass_record import LAST_PASS_KEY
 from exporter.server.health import interval_seconds, readiness
-from exporter.state import StateStore
-from exporter.webhook_queue import WebhookProcessor
+from exporter.source.duvo_client import DuvoUnavailable
+from exporter.source.extraction import Extractor
+from exporter.source.webhook_queue import WebhookProcessor
+from exporter.state.pass_record import LAST_PASS_KEY
+from exporter.state.store import StateStore
 from tests.model_api import ModelApi
 
 T0 = 1_900_000_000.0

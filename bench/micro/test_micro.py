@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from exporter import events as run_events
-from exporter import timestamps
 from exporter.config import ExtractSettings
-from exporter.extraction import Extractor, PassReport
 from exporter.simulator import SimulatorOptions, World
-from exporter.state import RunUpdate, StateStore
+from exporter.source.extraction import Extractor, PassReport
+from exporter.state.store import RunUpdate, StateStore
+from exporter.transform import events as run_events
+from transport import timestamps
 
 BATCH = 100
 

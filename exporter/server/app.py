@@ -12,12 +12,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from waitress.server import create_server
 
 from exporter import jsoncodec
-from exporter.durations import parse_duration
 from exporter.pipeline import Exporter
 from exporter.server.health import Readiness, interval_seconds, readiness
 from exporter.server.metrics import build_registry
 from exporter.server.webhooks import WebhookReceiver
-from exporter.state import StateStore
+from exporter.state.store import StateStore
+from transport.durations import parse_duration
 
 log = structlog.get_logger(__name__)
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from exporter import jsoncodec
 from exporter.config import ScheduleSettings
-from exporter.pass_record import LAST_PASS_KEY, PassRecord
-from exporter.state import StateStore
+from exporter.state.pass_record import LAST_PASS_KEY, PassRecord
+from exporter.state.store import StateStore
 
 INTERVALS = 3  # a pass may be late by this many intervals before the exporter is not ready
 

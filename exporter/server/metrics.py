@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter import timestamps
 from exporter.observe import Observer
-from exporter.state import StateStore
+from exporter.state.store import StateStore
+from transport import timestamps
 
 log = structlog.get_logger(__name__)
 

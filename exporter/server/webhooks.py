@@ -1,7 +1,7 @@
 """POST /webhooks/duvo: check the token, validate the body, queue the run_id durably, 202.
 
 Nothing else happens in the request: the Job is fetched and exported by the webhook processor
-(exporter/webhook_queue.py) through the normal outbox, so a repeat, an out-of-order delivery or
+(exporter/source/webhook_queue.py) through the normal outbox, so a repeat, an out-of-order delivery or
 the later poll never exports it twice. The token never reaches a log line or a metric label.
 """
 
@@ -19,7 +19,7 @@ import structlog
 
 from exporter import jsoncodec
 from exporter.observe import NULL_OBSERVER, Observer
-from exporter.state import StateStore
+from exporter.state.store import StateStore
 
 log = structlog.get_logger(__name__)
 

@@ -6,8 +6,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from exporter.extraction import PassReport
 from exporter.logsetup import redact
+from exporter.source.extraction import PassReport
 from sinks.base import one_line
 
 LAST_PASS_KEY = "last_pass"

@@ -23,11 +23,12 @@ import structlog
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from exporter import jsoncodec, timestamps
+from exporter import jsoncodec
 from exporter.logsetup import redact, register_secret
 from exporter.observe import NULL_OBSERVER, Observer
-from exporter.ratelimit import TokenBucket, retry_after_seconds
+from transport import timestamps
 from transport.errors import describe_transport_error
+from transport.ratelimit import TokenBucket, retry_after_seconds
 
 log = structlog.get_logger(__name__)
 

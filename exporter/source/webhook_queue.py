@@ -20,11 +20,11 @@ from typing import Any
 
 import structlog
 
-from exporter.duvo_client import DuvoAuthError, DuvoError
-from exporter.extraction import Extractor
 from exporter.logsetup import redact
 from exporter.observe import NULL_OBSERVER, Observer
-from exporter.state import QueuedWebhook, StateError, StateStore
+from exporter.source.duvo_client import DuvoAuthError, DuvoError
+from exporter.source.extraction import Extractor
+from exporter.state.store import QueuedWebhook, StateError, StateStore
 
 log = structlog.get_logger(__name__)
 

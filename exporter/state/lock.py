@@ -17,7 +17,7 @@ import socket
 import time
 from types import TracebackType
 
-from exporter.state import StateError
+from exporter.state.store import StateError
 
 
 def lock_path(state_path: str) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from exporter import timestamps
+from transport import timestamps
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "stopped", "interrupted"})
 KNOWN_OPEN_STATUSES = frozenset({"pending", "starting", "running", "waiting"})

@@ -13,7 +13,7 @@ Correctness rules (see README "How extraction stays correct"):
   transaction every few pages and at every end of a listing (also an error). The checkpoint only
   ever names a created_at up to which everything has been consumed.
 - Open (non-terminal) Jobs are remembered. Each pass lists the open statuses from the oldest
-  of them (the sweep, exporter/sweep.py): a Job missing from every list has changed and is
+  of them (the sweep, exporter/source/sweep.py): a Job missing from every list has changed and is
   fetched. Open Jobs beyond the sweep's cap are re-checked when due, older ones less often. Per
   fetch we choose the cheaper mix of re-listing the window that holds them and GET /runs/{id}.
 """
@@ -31,13 +31,14 @@ from typing import Any, Protocol
 
 import structlog
 
-from exporter import events as run_events
-from exporter import jsoncodec, timestamps
+from exporter import jsoncodec
 from exporter.config import ExtractSettings, start_moment
-from exporter.durations import parse_duration
-from exporter.duvo_client import DuvoError
-from exporter.state import KnownRun, RunUpdate, StateStore
-from exporter.sweep import SweepPlan, page_allowance, plan_sweep
+from exporter.source.duvo_client import DuvoError
+from exporter.source.sweep import SweepPlan, page_allowance, plan_sweep
+from exporter.state.store import KnownRun, RunUpdate, StateStore
+from exporter.transform import events as run_events
+from transport import timestamps
+from transport.durations import parse_duration
 
 log = structlog.get_logger(__name__)
 

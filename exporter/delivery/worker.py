@@ -19,10 +19,10 @@ from typing import Any
 import structlog
 
 from exporter import jsoncodec
+from exporter.delivery.shaping import EventShaper
 from exporter.logsetup import redact
 from exporter.observe import NULL_OBSERVER, Observer
-from exporter.shaping import EventShaper
-from exporter.state import OutboxEvent, StateError, StateStore
+from exporter.state.store import OutboxEvent, StateError, StateStore
 from sinks.base import Rejection, SendResult, Sink
 from sinks.settings import SinkSettings
 

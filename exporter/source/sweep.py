@@ -15,8 +15,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exporter.events import KNOWN_OPEN_STATUSES
-from exporter.state import KnownRun
+from exporter.state.store import KnownRun
+from exporter.transform.events import KNOWN_OPEN_STATUSES
 
 
 @dataclass(frozen=True)

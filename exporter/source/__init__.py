@@ -1,0 +1,1 @@
+"""Source: reading Duvo Jobs (the API client, extraction with its sweep, backfills)."""

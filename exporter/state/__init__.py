@@ -1,0 +1,1 @@
+"""State: the durable store (checkpoint, outbox, cursors), its lock and the pass record."""

@@ -1,0 +1,1 @@
+"""Transform: a Duvo run record becomes a RunEvent."""
