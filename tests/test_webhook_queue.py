@@ -199,6 +199,9 @@ def test_readiness_rules(tmp_path):
     assert answer.reason == "sink b is stopped: 403 forbidden: check the key"
     assert readiness(store, 60, ["a"], now).ready  # a sink no longer configured does not count
     assert json.loads(answer.body()) == {"ready": False, "reason": answer.reason}
+    # After a restart, the last process's pass does not count until this one has passed.
+    restarted = readiness(store, 60, ["a"], now, since=now - 1)
+    assert restarted.reason == "no pass has finished yet"
 
 
 def test_the_interval_of_a_cron_schedule_is_the_gap_between_firings():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -59,6 +60,7 @@ class App:
         self._store = StateStore(state_path, create=False)
         self._store_lock = threading.Lock()
         self._on_close = on_close
+        self.started_at = time.time()  # passes of an earlier process do not make this one ready
 
     def close(self) -> None:
         self._on_close()
@@ -69,7 +71,7 @@ class App:
 
     def readiness(self) -> Readiness:
         with self._store_lock:
-            return readiness(self._store, self.interval, self.sinks)
+            return readiness(self._store, self.interval, self.sinks, since=self.started_at)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")

@@ -40,12 +40,15 @@ class Readiness:
         return jsoncodec.dumps(payload).encode() + b"\n"
 
 
-def readiness(store: StateStore, interval: float, sinks: Sequence[str], now: float | None = None) -> Readiness:
+def readiness(
+    store: StateStore, interval: float, sinks: Sequence[str], now: float | None = None, since: float = 0.0
+) -> Readiness:
+    """``since``: when this process started; a pass recorded by an earlier process does not count."""
     now = time.time() if now is None else now
     raw = store.meta(LAST_PASS_KEY)
-    if raw is None:
+    record = PassRecord.from_dict(jsoncodec.loads(raw)) if raw is not None else None
+    if record is None or (record.finished_at or 0.0) < since:
         return Readiness(False, "no pass has finished yet")
-    record = PassRecord.from_dict(jsoncodec.loads(raw))
     if record.outcome == "failed":
         return Readiness(False, f"the last pass failed: {record.error or 'unknown error'}")
     age = now - (record.finished_at or 0.0)
