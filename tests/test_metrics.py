@@ -113,3 +113,19 @@ def test_a_state_that_cannot_be_read_leaves_the_scrape_working(tmp_path):
     assert "duvo_exporter_passes_total" in text
     assert sample(registry, "duvo_exporter_open_jobs") is None
     collector.close()
+
+
+def test_the_served_families_are_exactly_the_names_the_deploy_dashboard_uses(tmp_path):
+    from tests.test_deploy import METRICS
+
+    with StateStore(str(tmp_path / "state.db")) as store:
+        store.ensure_cursors(["a"])
+        store.set_initial_checkpoint("t", "2026-01-01T00:00:00Z")
+    registry, _observer, collector = build_registry(str(tmp_path / "state.db"), ["t"], ["a"])
+    try:
+        served = set()
+        for family in registry.collect():
+            served.add(family.name + ("_total" if family.type == "counter" else ""))
+        assert served == METRICS
+    finally:
+        collector.close()
