@@ -81,12 +81,16 @@ class CountingDatadog(DatadogFake):
         super().__init__(api_key=DATADOG_KEY)
         self.tally = tally
 
-    def _record(self, request: DatadogRequest, stored: Iterable[dict[str, Any]] = ()) -> None:
+    def _record(
+        self, request: DatadogRequest, stored: Iterable[tuple[dict[str, Any], int, str | None]] = ()
+    ) -> None:
         if request.path != "/api/v2/logs":
             return
         self.tally.request(request.body_bytes, request.status == 202)
+        # The fake hands over (log, date, reason to drop it); a dropped log never arrived.
+        kept = [log for log, _date, reason in stored if not reason]
         # The exporter's logs carry the Job status as job_status; the guide's script sends status.
-        self.tally.saw((log.get("run_id"), log.get("job_status", log.get("status"))) for log in stored)
+        self.tally.saw((log.get("run_id"), log.get("job_status", log.get("status"))) for log in kept)
 
 
 class _Discard(list):  # type: ignore[type-arg]

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from bench.common import FULL, QUICK, clean_work, log, machine, quiet_logs, save_result
 
-SCENARIOS = ("throughput", "ratelimit", "efficiency", "memory", "freshness", "micro")
+SCENARIOS = ("throughput", "ratelimit", "efficiency", "memory", "freshness", "webhooks", "micro")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,7 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from exporter.pipeline import Exporter
     from exporter.scheduler import install_stop_handlers, run_daemon
+    from exporter.server.app import ServerError
 
     config = _load(args)
     stop = threading.Event()
@@ -53,6 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     exporter = Exporter(config)
     try:
         return run_daemon(exporter, config.schedule, stop)
+    except ServerError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         exporter.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -12,8 +12,10 @@ import structlog
 from exporter import __version__
 from exporter.config import Config
 from exporter.delivery.worker import SinkWorker
+from exporter.observe import NULL_OBSERVER, Observer
 from exporter.source.duvo_client import DuvoClient
 from exporter.source.extraction import DuvoSource, Extractor, PassReport
+from exporter.source.webhook_queue import WebhookProcessor
 from exporter.state.lock import StateLock
 from exporter.state.pass_record import LAST_PASS_KEY, PassRecord
 from exporter.state.store import StateError, StateStore
@@ -82,23 +84,67 @@ class Exporter:
             ]
             self.wake = {w.name: threading.Event() for w in self.workers}
             self._threads: list[threading.Thread] = []
+            self.observer: Observer = NULL_OBSERVER
+            # Webhooks queued by the server (or left by a previous run) are fetched and exported by
+            # a processor with its own connection, sharing the pass's commit lock.
+            self.webhooks: WebhookProcessor | None = None
+            self._webhook_thread: threading.Thread | None = None
+            if config.webhooks is not None:
+                webhook_store = StateStore(config.state.path, synchronous=config.state.synchronous)
+                self.webhooks = WebhookProcessor(
+                    Extractor(
+                        self.source,
+                        webhook_store,
+                        config.duvo.team_ids,
+                        config.extract,
+                        page_size=config.duvo.page_size,
+                        start_from=config.duvo.start_from,
+                        max_outbox_events=config.state.max_outbox_events,
+                        seen_retention=parse_duration(config.state.seen_retention),
+                        commit_lock=self.extractor.commit_lock,
+                    ),
+                    webhook_store,
+                    config.duvo.team_ids,
+                )
+                self.webhooks.on_exported = self._wake_sinks
         except BaseException:
             self.store.close()
             self._lock.release()
             raise
 
+    def set_observer(self, observer: Observer) -> None:
+        """Report requests, passes, deliveries and webhooks to ``observer`` (the server's metrics)."""
+        self.observer = observer
+        if hasattr(self.source, "observer"):
+            self.source.observer = observer
+        for worker in self.workers:
+            worker.observer = observer
+        if self.webhooks is not None:
+            self.webhooks.observer = observer
+
+    def set_recheck_floor(self, floor: Callable[[], float]) -> None:
+        """With webhooks flowing, the age schedule re-checks open Jobs at most every ``floor()`` s."""
+        self.extractor.recheck_floor = floor
+        if self.webhooks is not None:
+            self.webhooks.extractor.recheck_floor = floor
+
     # ---- extraction --------------------------------------------------------------------------
 
     def extract(self, stop: threading.Event | None = None) -> PassReport:
         started = time.time()
+        self._process_webhooks(stop)
         try:
             report = self.extractor.run_pass(stop)
         except StateError:
             raise  # nothing can be recorded in a state that cannot be written
         except Exception as exc:
             self._record_pass(PassRecord.failed(started, exc))
+            self.observer.pass_finished("failed", time.time() - started)
             raise
-        self._record_pass(PassRecord.finished(started, report))
+        record = PassRecord.finished(started, report)
+        self._record_pass(record)
+        self.observer.pass_finished(record.outcome, record.finished_at - record.started_at)
+        self.observer.jobs_extracted(report.events)
         log.info(
             "pass finished",
             events=report.events,
@@ -109,9 +155,27 @@ class Exporter:
             rechecked=report.rechecked,
             halted=report.halted,
         )
+        self._wake_sinks()
+        return report
+
+    def _wake_sinks(self) -> None:
         for event in self.wake.values():
             event.set()
-        return report
+
+    def _process_webhooks(self, stop: threading.Event | None) -> None:
+        """Queued webhooks go first: in the daemon the processor thread is woken, otherwise
+        (`once`) they are processed here, before the pass."""
+        if self.webhooks is None:
+            return
+        if self._webhook_thread is not None:
+            self.webhooks.wake.set()
+            return
+        try:
+            self.webhooks.drain(stop)
+        except StateError:
+            raise
+        except Exception as exc:
+            log.warning("could not process queued webhooks; the pass finds those jobs anyway", error=str(exc))
 
     def _record_pass(self, record: PassRecord) -> None:
         """What `status` and the readiness check report as the last pass; never fails the pass."""
@@ -147,10 +211,18 @@ class Exporter:
             )
             thread.start()
             self._threads.append(thread)
+        if self.webhooks is not None:
+            self._webhook_thread = threading.Thread(
+                target=self.webhooks.run, args=(stop,), name="webhooks", daemon=True
+            )
+            self._webhook_thread.start()
+            self._threads.append(self._webhook_thread)
 
     def join_workers(self, timeout: float) -> None:
         for event in self.wake.values():
             event.set()
+        if self.webhooks is not None:
+            self.webhooks.wake.set()
         for thread in self._threads:
             thread.join(timeout)
 
@@ -158,6 +230,8 @@ class Exporter:
         for worker in self.workers:
             worker.sink.close()
             worker.store.close()
+        if self.webhooks is not None:
+            self.webhooks.store.close()
         if self._owned_client:
             self.source.close()
         self.store.close()

@@ -79,6 +79,11 @@ def run_daemon(exporter: Exporter, schedule: ScheduleSettings, stop: threading.E
     scheduler.add_job(
         extraction_pass, trigger_for(schedule), id="extract", name="extract", next_run_time=datetime.now(UTC)
     )
+    server = None
+    if exporter.config.server.listen:
+        from exporter.server.app import start_server
+
+        server = start_server(exporter)  # ServerError (exit 2) before anything else started
     exporter.start_workers(stop)
     scheduler.start()
     log.info(
@@ -95,6 +100,8 @@ def run_daemon(exporter: Exporter, schedule: ScheduleSettings, stop: threading.E
         scheduler.shutdown(wait=False)
         if not pass_done.wait(max(0.0, deadline - time.monotonic())):
             log.warning("pass still in a request at shutdown; its committed pages are kept")
+        if server is not None:
+            server.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         exporter.join_workers(max(0.1, deadline - time.monotonic()))
         log.info("stopped")
     return exit_code

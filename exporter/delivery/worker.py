@@ -21,6 +21,7 @@ import structlog
 from exporter import jsoncodec
 from exporter.delivery.shaping import EventShaper
 from exporter.logsetup import redact
+from exporter.observe import NULL_OBSERVER, Observer
 from exporter.state.store import OutboxEvent, StateError, StateStore
 from sinks.base import Rejection, SendResult, Sink
 from sinks.settings import SinkSettings
@@ -70,8 +71,10 @@ class SinkWorker:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.sink = sink
+        self.observer = observer
         self.name = settings.name
         self.settings = settings
         self.store = store
@@ -129,6 +132,8 @@ class SinkWorker:
             )
         if result.error:
             self.counters.last_error = result.error
+            if not result.fatal and done < len(kept):
+                self.observer.sink_retried(self.name, len(kept) - done)
             if not finished:
                 self.store.record_sink_error(self.name, result.error, stopped=result.fatal)
             elif result.fatal:
@@ -150,6 +155,10 @@ class SinkWorker:
         self.counters.delivered += advance.delivered
         self.counters.filtered += advance.filtered
         self.counters.rejected += len(advance.dead)
+        if advance.delivered:
+            self.observer.sink_sent(self.name, advance.delivered)
+        if advance.dead:
+            self.observer.sink_dead_lettered(self.name, len(advance.dead))
         if advance.dead:
             self.counters.last_rejection = advance.dead[-1][1]
         self._batches_since_prune += 1

@@ -17,6 +17,7 @@ from .clock import ManualClock
 from .faults import Faults, FaultSettings
 from .options import SimulatorOptions
 from .server import App, SimulatorHTTPServer
+from .webhooks import WebhookSender
 from .world import STATUSES, TERMINAL_STATUSES, World
 
 __all__ = [
@@ -53,6 +54,7 @@ class Simulator:
         self.control_url = ""
         self._server: SimulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.webhooks = WebhookSender(self.world)  # POSTs to Jobs' webhook_url once started
 
     def start(self) -> Simulator:
         if self._server is not None:
@@ -66,12 +68,14 @@ class Simulator:
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"duvo-sim-{self.port}", daemon=True
         )
         self._thread.start()
+        self.webhooks.start()
         return self
 
     def stop(self) -> None:
         server, thread = self._server, self._thread
         if server is None:
             return
+        self.webhooks.stop()
         server.shutdown()
         server.close_open_connections()
         server.server_close()

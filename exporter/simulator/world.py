@@ -269,6 +269,9 @@ class World:
         self._overrides: dict[int, _Override] = {}
         self._extras: dict[int, dict[str, Any]] = {}
         self._foreign: dict[int, tuple[int, int]] = {}  # caller-chosen ids -> (team index, created)
+        # Jobs started with a webhook_url: id -> [url, status code last announced]. The sender
+        # (simulator/webhooks.py) asks for changes; statuses are derived, so it polls.
+        self._webhooks: dict[int, list[Any]] = {}
         # Manual, POSTed and fault-inserted Jobs draw from their own stream so the schedule stays put.
         self._manual_rng = random.Random(f"{self._seed}:manual")
         self._rate = self.options.jobs_per_second
@@ -575,14 +578,18 @@ class World:
         return log[offset : offset + limit], len(log)
 
     def start_run(self, team_id: str, agent_id: str, webhook_url: str | None = None) -> dict[str, Any]:
-        """POST /teams/{team}/runs: a new Job with a normal lifecycle from now. Webhooks are not sent."""
+        """POST /teams/{team}/runs: a new Job with a normal lifecycle from now. With ``webhook_url``
+        each later status change is POSTed there (by the simulator's webhook sender, if started)."""
         with self._lock:
             now = self._now_us()
             self._advance(now)
             team = self._teams[team_id]
             row = self._new_row(team, self._manual_rng, now, agent=team.agent_for(agent_id), flags=_EXTRA)
             self._extras[row[1] << 64 | row[2]] = {"trigger": "api"}
-            return self._render(team, team.insert(row), now)
+            record = self._render(team, team.insert(row), now)
+            if webhook_url is not None:
+                self._webhooks[row[1] << 64 | row[2]] = [webhook_url, _STATUS_CODE[record["status"]]]
+            return record
 
     def spawn(self, team_id: str, count: int) -> list[str]:
         """`count` Jobs created right now (Jobs arriving while a client pages); returns their ids."""
@@ -612,6 +619,7 @@ class World:
         through in the record. An unknown team is created (without generated Jobs)."""
         code = status_code(status)
         custom_id = fields.pop("id", None)
+        webhook_url = fields.pop("webhook_url", None)
         severity_name = fields.pop("issue_severity", None)
         if severity_name is not None and severity_name not in _SEVERITY_CODE:
             raise ValueError(f"issue_severity must be one of {SEVERITIES}")
@@ -646,6 +654,8 @@ class World:
             self._overrides[u] = _Override(code, started, completed, request, wait, flagged, severity)
             self._extras[u] = {"trigger": "manual", **fields}
             row = (created, u >> 64, u & _LOW64, agent, style, _OVERRIDDEN | _EXTRA, *(NEVER,) * 5, 0, 0)
+            if webhook_url is not None:
+                self._webhooks[u] = [webhook_url, code]
             return self._render(team, team.insert(row), now)
 
     def set_status(
@@ -702,6 +712,28 @@ class World:
         team.flags[i] |= _OVERRIDDEN
         self._overrides[u] = override
         return override
+
+    def webhook_changes(self) -> list[tuple[str, str, str]]:
+        """(url, run_id, new status) for every watched Job whose status changed since the last
+        call; a Job that reached a terminal status is no longer watched."""
+        changes: list[tuple[str, str, str]] = []
+        with self._lock:
+            if not self._webhooks:
+                return changes
+            now = self._now_us()
+            self._advance(now)
+            for u, watch in list(self._webhooks.items()):
+                found = self._locate(format_uuid(u))
+                if found is None:
+                    del self._webhooks[u]
+                    continue
+                code = self._code_at(found[0], found[1], now)
+                if code != watch[1]:
+                    watch[1] = code
+                    changes.append((watch[0], format_uuid(u), STATUSES[code]))
+                if code >= COMPLETED:
+                    del self._webhooks[u]
+        return changes
 
     def delete(self, run_id: str) -> bool:
         with self._lock:

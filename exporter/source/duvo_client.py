@@ -25,6 +25,7 @@ from requests.auth import AuthBase
 
 from exporter import jsoncodec
 from exporter.logsetup import redact, register_secret
+from exporter.observe import NULL_OBSERVER, Observer
 from transport import timestamps
 from transport.errors import describe_transport_error
 from transport.ratelimit import TokenBucket, retry_after_seconds
@@ -167,6 +168,7 @@ class DuvoClient:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         wall_clock: Callable[[], datetime] = timestamps.now,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -199,6 +201,7 @@ class DuvoClient:
         rate = max(requests_per_minute - burst, requests_per_minute / 2) / 60.0
         self.bucket = TokenBucket(rate, burst, clock=clock, sleep=sleep)
         self.stats = ClientStats()
+        self.observer = observer  # metrics hooks; replaceable after construction
 
         session = requests.Session()
         # Retries are ours (with the bucket and logging); urllib3 must not retry behind our back.
@@ -246,7 +249,7 @@ class DuvoClient:
         if status is not None:
             query["status"] = status
         path = f"/teams/{_segment(team_id, 'team_id')}/runs"
-        body = self._get(path, query, _runs_shape)
+        body = self._get(path, query, _runs_shape, "/teams/{team_id}/runs")
         rows = body["data"]
         data: list[dict[str, Any]] = []
         for index, row in enumerate(rows):
@@ -262,7 +265,7 @@ class DuvoClient:
         """The full Job record, or None when the Job no longer exists (404)."""
         path = f"/runs/{_segment(run_id, 'run_id')}"
         try:
-            body = self._get(path, None, _run_shape)
+            body = self._get(path, None, _run_shape, "/runs/{run_id}")
         except DuvoNotFound:
             return None
         run: dict[str, Any] = body["run"]
@@ -279,7 +282,7 @@ class DuvoClient:
         """One page of a Job's step log (chronological) and the total, if the server gave a usable one."""
         _check_page(offset, limit)
         path = f"/runs/{_segment(run_id, 'run_id')}/messages"
-        body = self._get(path, {"limit": str(limit), "offset": str(offset)}, _messages_shape)
+        body = self._get(path, {"limit": str(limit), "offset": str(offset)}, _messages_shape, "/runs/{run_id}/messages")
         messages: list[dict[str, Any]] = []
         for index, message in enumerate(body["messages"]):
             if isinstance(message, dict):
@@ -303,15 +306,20 @@ class DuvoClient:
 
     # -- transport ----------------------------------------------------------------------------------
 
-    def _get(self, path: str, query: Mapping[str, str] | None, shape: Callable[[Any], str | None]) -> Any:
-        """The decoded body of a 200 that passed ``shape``, after retrying whatever is transient."""
+    def _get(
+        self, path: str, query: Mapping[str, str] | None, shape: Callable[[Any], str | None], template: str = "other"
+    ) -> Any:
+        """The decoded body of a 200 that passed ``shape``, after retrying whatever is transient.
+        ``template`` names the endpoint in metrics without its ids."""
         endpoint = f"GET {path}"
         last: _Retryable | None = None
         for attempt in range(self._max_attempts):
             waited = self.bucket.acquire()
             self.stats._add(requests=1, rate_limit_sleep_seconds=waited)
+            if waited > 0:
+                self.observer.rate_limit_waited(waited)
             try:
-                return self._attempt(path, query, shape)
+                return self._attempt(path, query, shape, template)
             except _Retryable as problem:
                 last = problem
             if last.status == 429:
@@ -327,7 +335,9 @@ class DuvoClient:
             path=path,
         )
 
-    def _attempt(self, path: str, query: Mapping[str, str] | None, shape: Callable[[Any], str | None]) -> Any:
+    def _attempt(
+        self, path: str, query: Mapping[str, str] | None, shape: Callable[[Any], str | None], template: str = "other"
+    ) -> Any:
         endpoint = f"GET {path}"
         try:
             # No redirects: following one could carry the key somewhere unexpected, and the API has
@@ -346,10 +356,12 @@ class DuvoClient:
             # Connection refused/reset, timeouts, DNS, TLS, and bodies cut short: one short line
             # that reads as the sinks' do (`host:port: cause`), not requests' 400 characters.
             self.stats._add(transport_errors=1)
+            self.observer.duvo_request(template, "error")
             raise _Retryable(self._scrub(describe_transport_error(exc, self.base_url))) from None
 
         status = response.status_code
         self.stats._count_status(status)
+        self.observer.duvo_request(template, str(status))
         if status in (401, 403):
             reason, hint = (
                 ("unauthorized", "check duvo.api_key")
@@ -363,6 +375,7 @@ class DuvoClient:
             )
         if status == 429:
             self.stats._add(throttled=1)
+            self.observer.rate_limited()
             raise _Retryable("rate limited (429)", status=status, retry_after=self._retry_after(response.headers))
         if status == 408 or status >= 500:
             raise _Retryable(f"HTTP {status}: {self._error_text(response)}", status=status)

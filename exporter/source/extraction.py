@@ -103,6 +103,7 @@ class Extractor:
         max_outbox_events: int = 1_000_000,
         seen_retention: float = 86_400.0,
         clock: Callable[[], float] = time.time,
+        commit_lock: threading.Lock | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -120,6 +121,12 @@ class Extractor:
         self._sweep_refused = False  # the API rejected a status filter: age schedule only from then on
         self._stop: threading.Event | None = None
         self._budget: int | None = None
+        # Held from reading what the state knows of some Jobs to committing what was learned of
+        # them: the webhook processor writes Jobs from another thread (with its own Extractor on
+        # the same lock), and a Job both see finishing must be exported once.
+        self.commit_lock = commit_lock or threading.Lock()
+        # With webhooks flowing, the age schedule waits at least this long (seconds; 0 = no floor).
+        self.recheck_floor: Callable[[], float] = lambda: 0.0
 
     # ---- a pass ------------------------------------------------------------------------------
 
@@ -406,6 +413,21 @@ class Extractor:
                 report.gone += len(gone)
                 self._commit_rows(team, fetched, report, checkpoint=None, gone=gone)
 
+    def since_for(self, created_at: Any) -> str | None:
+        """The `since` a listing that must show a Job created at ``created_at`` starts from."""
+        return self._since(timestamps.normalize(created_at)) if created_at else None
+
+    def apply_fetched(self, team: str, run: dict[str, Any], also: Callable[[Any], None] | None = None) -> int:
+        """Record one Job fetched outside a pass (a webhook's GET /runs/{id}) exactly as a re-check
+        records it: same event_id, same de-duplication, same outbox. ``also(conn)`` runs inside the
+        same transaction. Returns the events enqueued (0 or 1)."""
+        report = PassReport()
+        known = self.store.known_runs([str(run["id"])]).get(str(run["id"]))
+        if known is not None:
+            run.setdefault("created_at", known.created_at)
+        self._commit_rows(team, [run], report, checkpoint=None, also=also)
+        return report.events
+
     # ---- turning rows into state and events --------------------------------------------------
 
     def _commit_rows(
@@ -416,9 +438,23 @@ class Extractor:
         *,
         checkpoint: str | None,
         gone: Sequence[str] = (),
+        also: Callable[[Any], None] | None = None,
     ) -> None:
         if not rows and not gone and checkpoint is None:
             return
+        with self.commit_lock:
+            self._commit_rows_locked(team, rows, report, checkpoint=checkpoint, gone=gone, also=also)
+
+    def _commit_rows_locked(
+        self,
+        team: str,
+        rows: Sequence[dict[str, Any]],
+        report: PassReport,
+        *,
+        checkpoint: str | None,
+        gone: Sequence[str],
+        also: Callable[[Any], None] | None,
+    ) -> None:
         now = self.clock()
         exported_at = timestamps.format_utc(datetime.fromtimestamp(now, tz=UTC))  # once per page
         known = self.store.known_runs([str(row["id"]) for row in rows])
@@ -431,7 +467,9 @@ class Extractor:
             if event is not None:
                 events.append(event)
         report.runs_seen += len(rows)
-        report.events += self.store.commit_extraction(team, updates, events, checkpoint, gone=gone, checked_at=now)
+        report.events += self.store.commit_extraction(
+            team, updates, events, checkpoint, gone=gone, checked_at=now, also=also
+        )
 
     def _classify(
         self, team: str, run: dict[str, Any], known: KnownRun | None, now: float, exported_at: str
@@ -478,7 +516,8 @@ class Extractor:
     def _recheck_after(self, created_at: str, now: float) -> float:
         moment = timestamps.parse(created_at)
         age = max(0.0, now - moment.timestamp()) if moment is not None else 0.0
-        return min(self.recheck_max, max(self.recheck_min, age * self.settings.recheck.age_factor))
+        after = min(self.recheck_max, max(self.recheck_min, age * self.settings.recheck.age_factor))
+        return max(after, self.recheck_floor())
 
     def _prune(self, team: str) -> None:
         checkpoint = self.store.checkpoint(team)

@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -307,6 +307,7 @@ class StateStore:
         checkpoint: str | None,
         gone: Iterable[str] = (),
         checked_at: float | None = None,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> int:
         """Write what one page (or one batch of re-checks) taught us, atomically.
 
@@ -341,6 +342,8 @@ class StateStore:
             conn.executemany("DELETE FROM runs WHERE run_id = ? AND terminal = 0", [(run_id,) for run_id in gone])
             if checkpoint is not None:
                 self._advance_checkpoint(conn, team_id, checkpoint)
+            if also is not None:
+                also(conn)  # e.g. dropping the webhook queue row this commit answers
         return len(outbox)
 
     def postpone_checks(self, run_ids: Sequence[str], next_check_at: float) -> None:
@@ -530,6 +533,68 @@ class StateStore:
                 (key, value if isinstance(value, str) else json.dumps(value)),
             )
 
+    # ---- webhook queue -----------------------------------------------------------------------
+
+    def queue_webhook(self, run_id: str, event: str, status: str, received_at: float) -> None:
+        """Remember a webhook's run_id durably (one row per run_id; a repeat makes it due now)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO webhook_queue(run_id, event, status, received_at, attempts, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT(run_id) DO UPDATE SET event = excluded.event, "
+                "status = excluded.status, received_at = excluded.received_at, "
+                "next_attempt_at = excluded.next_attempt_at",
+                (run_id, event, status, received_at, received_at),
+            )
+
+    def due_webhooks(self, now: float, limit: int = 100) -> list[QueuedWebhook]:
+        rows = self._conn.execute(
+            "SELECT run_id, event, status, received_at, attempts FROM webhook_queue "
+            "WHERE next_attempt_at <= ? ORDER BY next_attempt_at, received_at LIMIT ?",
+            (now, limit),
+        )
+        return [QueuedWebhook(*row) for row in rows]
+
+    def next_webhook_at(self) -> float | None:
+        return self._conn.execute("SELECT min(next_attempt_at) FROM webhook_queue").fetchone()[0]
+
+    def webhooks_queued(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM webhook_queue").fetchone()[0]
+
+    def retry_webhook(self, run_id: str, received_at: float, error: str, next_attempt_at: float) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE webhook_queue SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                "WHERE run_id = ? AND received_at = ?",
+                (error, next_attempt_at, run_id, received_at),
+            )
+
+    def drop_webhook(self, run_id: str, received_at: float) -> None:
+        with self.transaction() as conn:
+            self.delete_webhook_row(conn, run_id, received_at)
+
+    @staticmethod
+    def delete_webhook_row(conn: sqlite3.Connection, run_id: str, received_at: float) -> None:
+        """Inside a caller's transaction. A repeat that arrived meanwhile (newer received_at) stays
+        queued: it may announce a later status than the one just recorded."""
+        conn.execute("DELETE FROM webhook_queue WHERE run_id = ? AND received_at = ?", (run_id, received_at))
+
+    def sink_backlog(self, sink: str, after: int) -> tuple[int, float | None]:
+        """(events after ``after`` this sink has to deliver, enqueued_at of the oldest of them)."""
+        row = self._conn.execute(
+            "SELECT count(*), min(enqueued_at) FROM outbox WHERE seq > ? AND (sink IS NULL OR sink = ?)",
+            (after, sink),
+        ).fetchone()
+        return row[0], row[1]
+
+
+@dataclass(frozen=True)
+class QueuedWebhook:
+    run_id: str
+    event: str | None
+    status: str | None
+    received_at: float
+    attempts: int
+
 
 def _open(path: str, *, synchronous: str, create: bool) -> sqlite3.Connection:
     exists = os.path.exists(path)
@@ -624,4 +689,3 @@ def _write_failure(path: str, exc: Exception) -> str:
     if "locked" in message:
         return f"state file {path} is locked by another process ({message}): is a second exporter using it?"
     return f"state file {path}: cannot write ({message})"
-
