@@ -257,14 +257,20 @@ if podman healthcheck run "$health" >/dev/null 2>&1; then fail "HEALTHCHECK is h
 podman rm -f -v "$health" >/dev/null 2>&1
 ok "HEALTHCHECK: healthy no-op when DUVO_EXPORTER_HEALTH_URL is empty, unhealthy when nothing answers"
 
+# The daemon with its HTTP server on: the HEALTHCHECK asks its /healthz.
+{ cat "$tmp/config.yaml"; printf 'server:\n  listen: "127.0.0.1:9464"\n'; } >"$tmp/config-server.yaml"
+chmod 0644 "$tmp/config-server.yaml"
 logged "start duvo-exporter run" run-start.log \
-  podman run -d --no-healthcheck --read-only --name "$daemon" --network "container:$sim" \
-    -v "$volume:/var/lib/duvo-exporter" -v "$tmp/config.yaml:/etc/duvo-exporter/config.yaml:ro" "$IMAGE"
+  podman run -d --read-only --name "$daemon" --network "container:$sim" \
+    -e DUVO_EXPORTER_HEALTH_URL=http://127.0.0.1:9464/healthz \
+    -v "$volume:/var/lib/duvo-exporter" -v "$tmp/config-server.yaml:/etc/duvo-exporter/config.yaml:ro" "$IMAGE"
 for _ in $(seq 60); do
   [[ "$(podman logs "$daemon" 2>&1)" == *'"pass finished"'* ]] && break
   sleep 0.5
 done
 [[ "$(podman logs "$daemon" 2>&1)" == *'"pass finished"'* ]] || { podman logs "$daemon" >&2; fail "run did no pass"; }
+podman healthcheck run "$daemon" >/dev/null 2>&1 || { podman logs "$daemon" >&2; fail "HEALTHCHECK on the running daemon's /healthz is not healthy"; }
+ok "HEALTHCHECK: healthy from the running daemon's GET /healthz (server.listen 127.0.0.1:9464)"
 started=$(date +%s%N)
 podman stop --time 30 "$daemon" >/dev/null
 took_ms=$((($(date +%s%N) - started) / 1000000))
