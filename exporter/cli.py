@@ -1,4 +1,4 @@
-"""The `duvo-exporter` command line: run, once, check, status, replay, demo, simulate."""
+"""The `duvo-exporter` command line: run, once, check, status, replay, backfill, reset-sink, demo, simulate."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
 
-from exporter import __version__, exitcodes
+from exporter import __version__, exitcodes, timestamps
 from exporter.config import Config, ConfigError, load_config
 from exporter.logsetup import LOG_FORMATS, configure_logging, redact, register_secret
 from exporter.state import StateError
@@ -312,6 +313,27 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from exporter.backfill import BackfillPlan, run_backfill
+
+    config = _load(args)
+    now = timestamps.now()
+    since = _moment(args.since, "--since", now)
+    until = _moment(args.until, "--until", now) if args.until is not None else None
+    if until is not None and until <= since:
+        raise UsageError(
+            f"--until ({timestamps.format_utc(until)}) must be after --since ({timestamps.format_utc(since)})"
+        )
+    _enabled_sink(config, args.sink)
+    plan = BackfillPlan(
+        since=timestamps.format_utc(since),
+        until=timestamps.format_utc(until) if until is not None else None,
+        sink=args.sink,
+        restart=args.restart,
+    )
+    return run_backfill(config, plan, _error)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from exporter.demo import run_demo
 
@@ -354,6 +376,27 @@ def _iso(epoch: float | None) -> str | None:
     from exporter import timestamps
 
     return timestamps.format_utc(datetime.fromtimestamp(epoch, tz=UTC))
+
+
+def _moment(text: str, option: str, now: datetime) -> datetime:
+    from exporter.moments import parse_moment
+
+    try:
+        return parse_moment(text, now)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _enabled_sink(config: Config, name: str | None) -> None:
+    """A --sink NAME must be a sink of the config that is enabled (exit 2 otherwise)."""
+    if name is None:
+        return
+    found = [s for s in config.sinks if s.name == name]
+    if not found:
+        names = ", ".join(s.name for s in config.sinks)
+        raise UsageError(f"--sink: no sink named {name!r} in the config (sinks: {names})")
+    if not found[0].enabled:
+        raise UsageError(f"--sink: sink {name!r} is disabled in the config")
 
 
 def _error(message: str) -> None:
@@ -439,6 +482,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--dead-letters", action="store_true", help="replay the dead letters (the default; accepted for scripts)"
     )
     replay.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")
+    backfill = add(
+        "backfill",
+        cmd_backfill,
+        "export the Jobs created in a past window (resumable; never moves the live checkpoint)",
+    )
+    backfill.add_argument(
+        "--since",
+        required=True,
+        metavar="T",
+        help="window start: RFC 3339 (2026-11-01T00:00:00Z) or a duration back from now (24h, 7d)",
+    )
+    backfill.add_argument(
+        "--until",
+        metavar="T",
+        help="window end, exclusive (same forms; default: when this backfill first started)",
+    )
+    backfill.add_argument("--sink", metavar="NAME", help="send to this sink only (default: every enabled sink)")
+    backfill.add_argument(
+        "--restart",
+        action="store_true",
+        help="list the window again from its start, even if this backfill ran (or finished) before",
+    )
     demo = add("demo", cmd_demo, "run the exporter against the embedded Duvo simulator (no credentials needed)")
     demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long to run (default 20)")
     demo.add_argument("--output", metavar="PATH", help="where the file sink writes (default: the demo config's)")

@@ -119,6 +119,7 @@ class Extractor:
         self._sweep_refused = False  # the API rejected a status filter: age schedule only from then on
         self._stop: threading.Event | None = None
         self._budget: int | None = None
+        self.commit_rows = COMMIT_ROWS  # rows read per commit during a listing (a backfill commits per page)
 
     # ---- a pass ------------------------------------------------------------------------------
 
@@ -309,7 +310,7 @@ class Extractor:
                     held_ids.add(run_id)
                     listed_due.pop(run_id, None)
                 held.extend(fresh)
-                if len(held) >= COMMIT_ROWS:
+                if len(held) >= self.commit_rows:
                     self._commit_rows(team, held, report, checkpoint=newest if status is None else None)
                     held, committed_newest = [], newest
                     held_ids.clear()
