@@ -205,7 +205,8 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
                     "type": getattr(configured.get(cursor.sink), "type", None),
                     "configured": cursor.sink in configured,
                     "cursor": cursor.seq,
-                    "backlog": store.backlog(cursor.seq),
+                    # Rows enqueued for another sink only (a backfill, a replay) are not its backlog.
+                    "backlog": store.count_for_sink(cursor.sink, cursor.seq, high),
                     "delivered": cursor.delivered,
                     "dead_letters": dead.get(cursor.sink, 0),
                     "last_dead_letter_reason": redact(reason) if reason else None,
@@ -289,6 +290,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from sinks.registry import build_sink
 
     config = _load(args)
+    if args.since is not None:
+        from exporter.replay_window import run_replay_since
+
+        if args.dead_letters:
+            raise UsageError("replay: --since re-sends a window; --dead-letters re-sends the dead letters: pick one")
+        if args.sink is None:
+            raise UsageError("replay --since needs --sink NAME: a window is re-sent to one sink")
+        since = _moment(args.since, "--since", timestamps.now())
+        _enabled_sink(config, args.sink)
+        return run_replay_since(config, args.sink, since, _error)
     targets = [s for s in config.sinks if args.sink in (None, s.name)]
     if args.sink and not targets:
         raise UsageError(f"no sink named {args.sink!r} in the config")
@@ -332,6 +343,34 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         restart=args.restart,
     )
     return run_backfill(config, plan, _error)
+
+
+def cmd_reset_sink(args: argparse.Namespace) -> int:
+    from exporter.cursor_moves import CursorMove, reset_sink
+    from exporter.state import StateStore
+    from exporter.state_lock import StateLock
+
+    config = _load(args)
+    to = _moment(args.to, "--to", timestamps.now()).timestamp()
+
+    def confirm(move: CursorMove) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError("reset-sink: not moved: confirm on a terminal, or pass --yes in scripts")
+        return input(f"move the cursor of sink {move.sink}? [y/N] ").strip().lower() in ("y", "yes")
+
+    with (
+        StateStore(config.state.path, synchronous=config.state.synchronous, create=False) as store,
+        StateLock(config.state.path, "reset-sink"),
+    ):
+        known = [cursor.sink for cursor in store.cursors()]
+        if args.name not in known:
+            raise UsageError(f"reset-sink: no sink named {args.name!r} in the state (sinks: {', '.join(known)})")
+        if reset_sink(store, args.name, to, confirm) is None:
+            _error("reset-sink: not confirmed; the cursor was not moved")
+            return exitcodes.CONFIG
+    return exitcodes.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -477,11 +516,40 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--dead-letters", action="store_true", help="also list each dead-lettered event with the backend's reason"
     )
-    replay = add("replay", cmd_replay, "send dead-lettered events again (after fixing what the backend rejected)")
+    replay = add(
+        "replay",
+        cmd_replay,
+        "send dead-lettered events again (after fixing what the backend rejected); with --since, "
+        "send one sink again everything since a time",
+    )
     replay.add_argument(
         "--dead-letters", action="store_true", help="replay the dead letters (the default; accepted for scripts)"
     )
-    replay.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")
+    replay.add_argument(
+        "--sink", metavar="NAME", help="only this sink's dead letters; with --since, the one sink to re-send to"
+    )
+    replay.add_argument(
+        "--since",
+        metavar="T",
+        help="re-send to --sink the events enqueued since T that are still in the outbox, and re-export from the "
+        "API the Jobs created since T that are not (RFC 3339 or a duration back from now: 24h, 7d); other sinks "
+        "are unaffected",
+    )
+    reset = add(
+        "reset-sink",
+        cmd_reset_sink,
+        "move one sink's delivery cursor to a time: back re-sends what the outbox holds, forward skips",
+    )
+    reset.add_argument("name", metavar="NAME", help="the sink whose cursor moves (as named in the config)")
+    reset.add_argument(
+        "--to",
+        required=True,
+        metavar="T",
+        help="the first event enqueued at or after T is the next one sent (RFC 3339 or a duration back from now)",
+    )
+    reset.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask for confirmation (needed when stdin is not a terminal)"
+    )
     backfill = add(
         "backfill",
         cmd_backfill,

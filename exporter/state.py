@@ -626,18 +626,25 @@ class StateStore:
         if not changed:
             raise StateError(f"no delivery cursor for sink {sink!r}")
 
-    def copy_to_sink(self, sink: str, *, enqueued_since: float, upto: int, exclude_after: int | None = None) -> int:
-        """Enqueue again, for ``sink`` only, the held events it already had (``seq <= upto``) that
-        were enqueued at or after ``enqueued_since``. Events for ``sink`` enqueued after
-        ``exclude_after`` (a re-export just written) mark event_ids not to copy. Returns the count."""
+    def copy_to_sink(self, sink: str, *, enqueued_since: float) -> int:
+        """Enqueue again, for ``sink`` only, the held events it has had already (at or before its
+        cursor) that were enqueued at or after ``enqueued_since``: one copy per event_id, in order,
+        leaving out any event_id the sink is still to receive (a re-export just written, a copy
+        not delivered yet). Other sinks skip the copies, so their cursors and backlogs mean what
+        they did. Returns the number enqueued."""
         now = time.time()
         with self.transaction() as conn:
+            cursor = conn.execute("SELECT seq FROM sink_cursors WHERE sink = ?", (sink,)).fetchone()
+            if cursor is None:
+                raise StateError(f"no delivery cursor for sink {sink!r}")
             return conn.execute(
                 "INSERT INTO outbox(run_id, event_id, body, enqueued_at, sink) "
-                "SELECT run_id, event_id, body, ?, ? FROM outbox WHERE seq <= ? AND enqueued_at >= ? "
-                "AND (sink IS NULL OR sink = ?) AND event_id NOT IN "
-                "(SELECT event_id FROM outbox WHERE ? IS NOT NULL AND seq > ? AND sink = ?) ORDER BY seq",
-                (now, sink, upto, enqueued_since, sink, exclude_after, exclude_after or 0, sink),
+                "SELECT run_id, event_id, body, ?, ? FROM outbox WHERE seq IN ("
+                "  SELECT min(seq) FROM outbox WHERE seq <= ? AND enqueued_at >= ? AND (sink IS NULL OR sink = ?) "
+                "  AND event_id NOT IN (SELECT event_id FROM outbox WHERE seq > ? AND (sink IS NULL OR sink = ?)) "
+                "  GROUP BY event_id"
+                ") ORDER BY seq",
+                (now, sink, cursor[0], enqueued_since, sink, cursor[0], sink),
             ).rowcount
 
     # ---- meta --------------------------------------------------------------------------------
