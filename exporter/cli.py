@@ -229,6 +229,21 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
                 "seconds": round(record.finished_at - record.started_at, 3),
             }
         open_jobs = store.open_run_stats()
+        backfills = [
+            {
+                "name": b.name,
+                "team_id": b.team_id,
+                "since": b.since,
+                "until": b.until,
+                "sink": b.sink,
+                "position": b.position,
+                "events": b.events,
+                "started_at": _iso(b.started_at),
+                "updated_at": _iso(b.updated_at),
+                "finished_at": _iso(b.finished_at),
+            }
+            for b in store.backfills()
+        ]
         return {
             "state_path": config.state.path,
             "initialized": True,
@@ -238,6 +253,7 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
             "open_jobs": {**open_jobs, "next_check_at": _iso(open_jobs["next_check_at"])},
             "outbox": {"events": store.outbox_size(), "first_seq": low, "last_seq": high},
             "sinks": sinks,
+            "backfills": backfills,
             **({"dead_letters": letters} if dead_letters else {}),
         }
 
@@ -247,6 +263,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     data = status_data(config, dead_letters=args.dead_letters)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
+        return exitcodes.OK
+    if sys.stdout.isatty():
+        from exporter.status_view import render
+
+        render(data, dead_letters=args.dead_letters)
         return exitcodes.OK
     print(f"state: {data['state_path']}")
     if not data["initialized"]:
@@ -276,6 +297,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not sink["configured"]:
             note = "(no longer configured) " + note
         print(f"{sink['name']:<16} {sink['backlog']:>8} {sink['delivered']:>10} {sink['dead_letters']:>6}  {note}")
+    for item in data["backfills"]:
+        state = f"finished {item['finished_at']}" if item["finished_at"] else "not finished (run it again to resume)"
+        print(
+            f"backfill: team {item['team_id']} {item['since']} .. {item['until']} to {item['sink'] or 'every sink'}: "
+            f"read up to {item['position'] or '-'}, {item['events']} event(s), {state}"
+        )
     if args.dead_letters:
         print(f"dead letters: {len(data['dead_letters'])} (re-send with: duvo-exporter replay)")
         for letter in data["dead_letters"]:
@@ -511,8 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = add("check", cmd_check, "validate the configuration; with --connect also try the Duvo key and every sink")
     check.add_argument("--connect", action="store_true", help="also contact the Duvo API and every sink")
-    status = add("status", cmd_status, "show checkpoints, open Jobs, backlog and last error per sink")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status = add(
+        "status",
+        cmd_status,
+        "show checkpoints, open Jobs, backlog and last error per sink, and backfills (tables on a terminal)",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output (the same on a terminal)")
     status.add_argument(
         "--dead-letters", action="store_true", help="also list each dead-lettered event with the backend's reason"
     )
