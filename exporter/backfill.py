@@ -249,7 +249,7 @@ class Progress:
 
     def finish(self, lister: WindowLister) -> None:
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, completed=1000, detail=f"{lister.events} event(s)")
+            self._bar.update(self._task, completed=1000, detail=f"{lister.events} event(s)", refresh=True)
 
 
 # ---- delivery ------------------------------------------------------------------------------------

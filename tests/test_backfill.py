@@ -191,3 +191,49 @@ def test_relative_times_parse_from_now():
     for bad in ("", "tomorrow", "-3h", "2026-13-01T00:00:00Z"):
         with pytest.raises(ValueError, match="RFC 3339"):
             parse_moment(bad, now)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(sim, tmp_path):
+    import errno
+    import os
+    import pty
+
+    base = datetime.now(UTC)
+    _old_jobs(sim, base, 12)
+    config = _config(tmp_path, sim.url, page_size=5)
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "backfill", "--since", _at(4, base), "--until", _at(2, base), "-c", config],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        cwd=ROOT,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "200"},
+    )
+    os.close(follower)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError as exc:  # EIO once the child is gone
+                if exc.errno != errno.EIO:
+                    raise
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+    stdout, _ = process.communicate(timeout=60)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert process.returncode == 0, screen
+    assert "━" in screen and "100%" in screen and "12 event(s)" in screen
+    assert "12 event(s) enqueued" in stdout.decode()
+
+    piped = cli("backfill", "--since", _at(4, base), "--until", _at(2, base), "--restart", "--config", config)
+    assert piped.returncode == 0, piped.stderr
+    assert "━" not in piped.stderr
+    lines = [json.loads(line) for line in piped.stderr.splitlines() if line.startswith("{")]
+    progress = [line for line in lines if line["event"] == "backfill progress"]
+    assert progress and progress[-1]["events"] == 12
