@@ -591,10 +591,13 @@ class StateStore:
                 "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE name = ?",
                 (position, len(events), now, int(finished), now, name),
             )
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (self._backfill_edge_key(name), json.dumps(sorted(edge))),
-            )
+            if finished:  # a finished backfill is never resumed, only restarted
+                conn.execute("DELETE FROM meta WHERE key = ?", (self._backfill_edge_key(name),))
+            else:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (self._backfill_edge_key(name), json.dumps(sorted(edge))),
+                )
         return len(events)
 
     def forget_backfill(self, name: str) -> None:

@@ -237,3 +237,39 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(sim, tmp_path):
     lines = [json.loads(line) for line in piped.stderr.splitlines() if line.startswith("{")]
     progress = [line for line in lines if line["event"] == "backfill progress"]
     assert progress and progress[-1]["events"] == 12
+
+
+def test_a_resume_at_a_created_at_shared_across_pages_has_no_gap_or_repeat(sim, tmp_path):
+    """Stopped right after a page that ends inside a group of Jobs created at the same instant:
+    the resume skips exactly the ones already exported."""
+    import threading
+
+    from exporter.backfill import WindowLister, backfill_name
+    from exporter.config import load_config
+    from exporter.pipeline import build_client
+    from exporter.state import StateStore
+
+    base = datetime.now(UTC)
+    same = _at(3, base)
+    ids = [sim.world.create_job(team_id="team-sim", status="completed", created_at=same)["id"] for _ in range(7)]
+    ids += [sim.world.create_job(team_id="team-sim", status="failed", created_at=_at(2.5, base))["id"]]
+    config = load_config(_config(tmp_path, sim.url, page_size=3))
+    since, until = _at(4, base), _at(2, base)
+    name = backfill_name("team-sim", since, until, None)
+    client = build_client(config)
+    try:
+        with StateStore(config.state.path) as store:
+            stop = threading.Event()
+            for _ in range(10):
+                record = store.start_backfill(name, "team-sim", since, until, None)
+                if record.finished_at is not None:
+                    break
+                lister = WindowLister(client, store, record, until, config, on_progress=lambda _: stop.set())
+                stop.clear()
+                assert lister.run(stop) in ("stop", "done")
+                assert lister.events <= 3  # one page at most per run: every run stops inside the group
+            enqueued = [row[0] for row in store._conn.execute("SELECT run_id FROM outbox ORDER BY seq")]
+            assert store.checkpoint("team-sim") is None  # the live checkpoint was never written
+    finally:
+        client.close()
+    assert sorted(enqueued) == sorted(ids)  # each once: no gap, no repeat
