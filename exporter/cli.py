@@ -232,6 +232,7 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
         backfills = [
             {
                 "name": b.name,
+                "kind": b.name.split(" ", 1)[0],  # backfill, or replay (the re-export part of replay --since)
                 "team_id": b.team_id,
                 "since": b.since,
                 "until": b.until,
@@ -298,9 +299,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             note = "(no longer configured) " + note
         print(f"{sink['name']:<16} {sink['backlog']:>8} {sink['delivered']:>10} {sink['dead_letters']:>6}  {note}")
     for item in data["backfills"]:
-        state = f"finished {item['finished_at']}" if item["finished_at"] else "not finished (run it again to resume)"
+        state = f"finished {item['finished_at']}" if item["finished_at"] else "not finished (run it again)"
+        target = item["sink"] or "every sink"
         print(
-            f"backfill: team {item['team_id']} {item['since']} .. {item['until']} to {item['sink'] or 'every sink'}: "
+            f"{item['kind']}: team {item['team_id']} {item['since']} .. {item['until']} to {target}: "
             f"read up to {item['position'] or '-'}, {item['events']} event(s), {state}"
         )
     if args.dead_letters:

@@ -69,6 +69,9 @@ def run_replay_since(config: Config, sink: str, since: datetime, error: Callable
                     error(f"re-export incomplete (what was read is kept and is delivered now): {exc}")
                     code = exitcodes.DUVO_UNAVAILABLE
             reexported = sum(r.events for r in plan.results)
+            if outcome == "done":  # a replay lists its window afresh each time: nothing to resume
+                for result in plan.results:
+                    store.forget_backfill(result.backfill.name)
         copied = 0
         if outcome == "done" and code == exitcodes.OK:
             copied = store.copy_to_sink(sink, enqueued_since=since.timestamp())

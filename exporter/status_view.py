@@ -80,16 +80,17 @@ def render(data: dict[str, Any], *, dead_letters: bool, file: TextIO | None = No
 
     if data.get("backfills"):
         backfills = Table(title="backfills", box=box.SIMPLE_HEAVY, title_justify="left")
-        for name in ("team", "window", "sink", "read up to", "events", "finished"):
+        for name in ("kind", "team", "window", "sink", "read up to", "events", "finished"):
             backfills.add_column(name)
         for item in data["backfills"]:
             backfills.add_row(
+                item["kind"],
                 item["team_id"],
                 f"{item['since']} .. {item['until']}",
                 item["sink"] or "every sink",
                 item["position"] or "-",
                 str(item["events"]),
-                item["finished_at"] or "[yellow]not yet: run it again to resume[/]",
+                item["finished_at"] or "[yellow]not yet: run the same command again[/]",
             )
         console.print(backfills)
 
