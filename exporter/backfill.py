@@ -72,7 +72,14 @@ class WindowLister(Extractor):
         *,
         on_progress: Callable[[WindowLister], None] | None = None,
     ) -> None:
-        super().__init__(source, store, [record.team_id], config.extract, page_size=config.duvo.page_size)
+        super().__init__(
+            source,
+            store,
+            [record.team_id],
+            config.extract,
+            page_size=config.duvo.page_size,
+            max_outbox_events=config.state.max_outbox_events,
+        )
         self.commit_rows = 1  # every page: a resume re-reads at most the page in flight
         self.record = record
         self.since = record.since
@@ -322,9 +329,8 @@ def list_windows(
     plan: BackfillPlan,
     stop: threading.Event,
     progress: Progress,
-    targets: Sequence[SinkWorker],
 ) -> str:
-    """List every team's window into the outbox (draining the targets when the outbox is full);
+    """List every team's window into the outbox (delivering when the outbox is full);
     returns done, stop or outbox_full. Raises the Duvo client's errors after committing."""
     store: StateStore = exporter.store
     for team in exporter.config.duvo.team_ids:
@@ -352,8 +358,11 @@ def list_windows(
             if outcome != "outbox_full":
                 break
             log.warning("outbox is full; delivering before the backfill goes on", backfill=name)
-            outcomes = drain_workers(targets, stop)
-            if any(o != "drained" for o in outcomes.values()):
+            held = store.outbox_size()
+            # Only events every sink has finished with are pruned, so every sink delivers (the
+            # others skip a --sink backfill's rows); one that cannot keeps the outbox full.
+            outcomes = drain_workers(exporter.workers, stop)
+            if any(o != "drained" for o in outcomes.values()) or store.outbox_size() >= held:
                 break
         result.outcome = outcome
         result.events, result.open_skipped, result.pages = lister.events, lister.open_skipped, lister.report.pages
@@ -387,7 +396,7 @@ def run_backfill(config: Config, plan: BackfillPlan, error: Callable[[str], None
         outcome = "failed"
         with Progress() as progress:
             try:
-                outcome = list_windows(exporter, plan, stop, progress, targets)
+                outcome = list_windows(exporter, plan, stop, progress)
             except DuvoAuthError as exc:
                 error(str(exc))
                 code = exitcodes.DUVO_AUTH
@@ -403,9 +412,9 @@ def run_backfill(config: Config, plan: BackfillPlan, error: Callable[[str], None
         if outcome == "stop" or stop.is_set():
             error(f"backfill interrupted; to resume where it stopped run: duvo-exporter {plan.resume_args()}")
             return exitcodes.INTERRUPTED if code == exitcodes.OK else code
-        if outcome == "outbox_full" and code == exitcodes.OK:
+        if outcome == "outbox_full":
             error(f"the outbox stayed full (a sink cannot keep up); to resume run: duvo-exporter {plan.resume_args()}")
-            code = exitcodes.SINK
+            code = code or exitcodes.SINK
         if code == exitcodes.OK:
             print(
                 f"backfill {plan.since} .. {plan.until or 'now'} to {plan.sink or 'every sink'}: "

@@ -61,7 +61,7 @@ def run_replay_since(config: Config, sink: str, since: datetime, error: Callable
             )
             with Progress() as progress:
                 try:
-                    outcome = list_windows(exporter, plan, stop, progress, targets)
+                    outcome = list_windows(exporter, plan, stop, progress)
                 except DuvoAuthError as exc:
                     error(str(exc))
                     code = exitcodes.DUVO_AUTH
@@ -80,9 +80,9 @@ def run_replay_since(config: Config, sink: str, since: datetime, error: Callable
         if outcome == "stop" or stop.is_set():
             error(f"replay interrupted; run it again (duvo-exporter replay --sink {sink} --since {since_text})")
             return exitcodes.INTERRUPTED if code == exitcodes.OK else code
-        if outcome == "outbox_full" and code == exitcodes.OK:
+        if outcome == "outbox_full":
             error("the outbox stayed full (a sink cannot keep up); run the replay again later")
-            code = exitcodes.SINK
+            code = code or exitcodes.SINK
         print(
             f"replay to {sink} since {since_text}: {copied} event(s) from the outbox, "
             f"{reexported} re-exported from the API"

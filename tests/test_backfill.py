@@ -273,3 +273,30 @@ def test_a_resume_at_a_created_at_shared_across_pages_has_no_gap_or_repeat(sim, 
     finally:
         client.close()
     assert sorted(enqueued) == sorted(ids)  # each once: no gap, no repeat
+
+
+def test_a_backfill_larger_than_the_outbox_bound_delivers_as_it_goes(sim, tmp_path):
+    base = datetime.now(UTC)
+    jobs = _old_jobs(sim, base, 260)
+    config_path = Path(_config(tmp_path, sim.url, page_size=50))
+    text = config_path.read_text()
+    state_line = f"  path: {tmp_path / 'state.db'}\n"
+    config_path.write_text(text.replace(state_line, state_line + "  max_outbox_events: 100\n"))
+    config = str(config_path)
+    since, until = _at(4, base), _at(2, base)
+
+    result = cli("backfill", "--since", since, "--until", until, "--sink", "a", "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert "outbox is full; delivering before the backfill goes on" in result.stderr
+    assert exported(tmp_path / "a.jsonl") == dict.fromkeys(jobs, 1)
+    assert not exported(tmp_path / "b.jsonl")  # b skipped a's rows to let the outbox be pruned
+
+    # A sink that cannot deliver keeps the outbox full: the backfill stops, resumable, exit 6.
+    (tmp_path / "b-dir").mkdir()
+    config_path.write_text(
+        config_path.read_text().replace(f"path: {tmp_path}/b.jsonl", f"path: {tmp_path}/b-dir")
+        + "    retry: {max_attempts: 1, initial_backoff: 0.01}\n"
+    )
+    stuck = cli("backfill", "--since", since, "--until", until, "--restart", "--config", config)
+    assert stuck.returncode == 6, stuck.stderr
+    assert "the outbox stayed full" in stuck.stderr and f"backfill --since {since} --until {until}" in stuck.stderr
