@@ -1,4 +1,4 @@
-"""The `duvo-exporter` command line: run, once, check, status, replay, demo, simulate."""
+"""The `duvo-exporter` command line: run, once, check, status, replay, backfill, reset-sink, demo, simulate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from exporter import __version__, exitcodes
 from exporter.config import Config, ConfigError, load_config
 from exporter.logsetup import LOG_FORMATS, configure_logging, redact, register_secret
 from exporter.state.store import StateError
+from transport import timestamps
 
 log = structlog.get_logger("exporter.cli")
 
@@ -207,7 +209,8 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
                     "type": getattr(configured.get(cursor.sink), "type", None),
                     "configured": cursor.sink in configured,
                     "cursor": cursor.seq,
-                    "backlog": store.backlog(cursor.seq),
+                    # Rows enqueued for another sink only (a backfill, a replay) are not its backlog.
+                    "backlog": store.count_for_sink(cursor.sink, cursor.seq, high),
                     "delivered": cursor.delivered,
                     "dead_letters": dead.get(cursor.sink, 0),
                     "last_dead_letter_reason": redact(reason) if reason else None,
@@ -230,6 +233,22 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
                 "seconds": round(record.finished_at - record.started_at, 3),
             }
         open_jobs = store.open_run_stats()
+        backfills = [
+            {
+                "name": b.name,
+                "kind": b.name.split(" ", 1)[0],  # backfill, or replay (the re-export part of replay --since)
+                "team_id": b.team_id,
+                "since": b.since,
+                "until": b.until,
+                "sink": b.sink,
+                "position": b.position,
+                "events": b.events,
+                "started_at": _iso(b.started_at),
+                "updated_at": _iso(b.updated_at),
+                "finished_at": _iso(b.finished_at),
+            }
+            for b in store.backfills()
+        ]
         return {
             "state_path": config.state.path,
             "initialized": True,
@@ -239,6 +258,7 @@ def status_data(config: Config, *, dead_letters: bool = False) -> dict[str, Any]
             "open_jobs": {**open_jobs, "next_check_at": _iso(open_jobs["next_check_at"])},
             "outbox": {"events": store.outbox_size(), "first_seq": low, "last_seq": high},
             "sinks": sinks,
+            "backfills": backfills,
             **({"dead_letters": letters} if dead_letters else {}),
         }
 
@@ -248,6 +268,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     data = status_data(config, dead_letters=args.dead_letters)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
+        return exitcodes.OK
+    if sys.stdout.isatty():
+        from exporter.status_view import render
+
+        render(data, dead_letters=args.dead_letters)
         return exitcodes.OK
     print(f"state: {data['state_path']}")
     if not data["initialized"]:
@@ -277,6 +302,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not sink["configured"]:
             note = "(no longer configured) " + note
         print(f"{sink['name']:<16} {sink['backlog']:>8} {sink['delivered']:>10} {sink['dead_letters']:>6}  {note}")
+    for item in data["backfills"]:
+        state = f"finished {item['finished_at']}" if item["finished_at"] else "not finished (run it again)"
+        target = item["sink"] or "every sink"
+        print(
+            f"{item['kind']}: team {item['team_id']} {item['since']} .. {item['until']} to {target}: "
+            f"read up to {item['position'] or '-'}, {item['events']} event(s), {state}"
+        )
     if args.dead_letters:
         print(f"dead letters: {len(data['dead_letters'])} (re-send with: duvo-exporter replay)")
         for letter in data["dead_letters"]:
@@ -291,6 +323,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from sinks.registry import build_sink
 
     config = _load(args)
+    if args.since is not None:
+        from exporter.delivery.replay_window import run_replay_since
+
+        if args.dead_letters:
+            raise UsageError("replay: --since re-sends a window; --dead-letters re-sends the dead letters: pick one")
+        if args.sink is None:
+            raise UsageError("replay --since needs --sink NAME: a window is re-sent to one sink")
+        since = _moment(args.since, "--since", timestamps.now())
+        _enabled_sink(config, args.sink)
+        return run_replay_since(config, args.sink, since, _error)
     targets = [s for s in config.sinks if args.sink in (None, s.name)]
     if args.sink and not targets:
         raise UsageError(f"no sink named {args.sink!r} in the config")
@@ -313,6 +355,55 @@ def cmd_replay(args: argparse.Namespace) -> int:
             elif still and code == exitcodes.OK:
                 code = exitcodes.DEAD_LETTERS
     return code
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from exporter.source.backfill import BackfillPlan, run_backfill
+
+    config = _load(args)
+    now = timestamps.now()
+    since = _moment(args.since, "--since", now)
+    until = _moment(args.until, "--until", now) if args.until is not None else None
+    if until is not None and until <= since:
+        raise UsageError(
+            f"--until ({timestamps.format_utc(until)}) must be after --since ({timestamps.format_utc(since)})"
+        )
+    _enabled_sink(config, args.sink)
+    plan = BackfillPlan(
+        since=timestamps.format_utc(since),
+        until=timestamps.format_utc(until) if until is not None else None,
+        sink=args.sink,
+        restart=args.restart,
+    )
+    return run_backfill(config, plan, _error)
+
+
+def cmd_reset_sink(args: argparse.Namespace) -> int:
+    from exporter.delivery.cursor_moves import CursorMove, reset_sink
+    from exporter.state.lock import StateLock
+    from exporter.state.store import StateStore
+
+    config = _load(args)
+    to = _moment(args.to, "--to", timestamps.now()).timestamp()
+
+    def confirm(move: CursorMove) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError("reset-sink: not moved: confirm on a terminal, or pass --yes in scripts")
+        return input(f"move the cursor of sink {move.sink}? [y/N] ").strip().lower() in ("y", "yes")
+
+    with (
+        StateStore(config.state.path, synchronous=config.state.synchronous, create=False) as store,
+        StateLock(config.state.path, "reset-sink"),
+    ):
+        known = [cursor.sink for cursor in store.cursors()]
+        if args.name not in known:
+            raise UsageError(f"reset-sink: no sink named {args.name!r} in the state (sinks: {', '.join(known)})")
+        if reset_sink(store, args.name, to, confirm) is None:
+            _error("reset-sink: not confirmed; the cursor was not moved")
+            return exitcodes.CONFIG
+    return exitcodes.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -357,6 +448,27 @@ def _iso(epoch: float | None) -> str | None:
     from transport import timestamps
 
     return timestamps.format_utc(datetime.fromtimestamp(epoch, tz=UTC))
+
+
+def _moment(text: str, option: str, now: datetime) -> datetime:
+    from exporter.moments import parse_moment
+
+    try:
+        return parse_moment(text, now)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _enabled_sink(config: Config, name: str | None) -> None:
+    """A --sink NAME must be a sink of the config that is enabled (exit 2 otherwise)."""
+    if name is None:
+        return
+    found = [s for s in config.sinks if s.name == name]
+    if not found:
+        names = ", ".join(s.name for s in config.sinks)
+        raise UsageError(f"--sink: no sink named {name!r} in the config (sinks: {names})")
+    if not found[0].enabled:
+        raise UsageError(f"--sink: sink {name!r} is disabled in the config")
 
 
 def _error(message: str) -> None:
@@ -432,16 +544,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = add("check", cmd_check, "validate the configuration; with --connect also try the Duvo key and every sink")
     check.add_argument("--connect", action="store_true", help="also contact the Duvo API and every sink")
-    status = add("status", cmd_status, "show checkpoints, open Jobs, backlog and last error per sink")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status = add(
+        "status",
+        cmd_status,
+        "show checkpoints, open Jobs, backlog and last error per sink, and backfills (tables on a terminal)",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output (the same on a terminal)")
     status.add_argument(
         "--dead-letters", action="store_true", help="also list each dead-lettered event with the backend's reason"
     )
-    replay = add("replay", cmd_replay, "send dead-lettered events again (after fixing what the backend rejected)")
+    replay = add(
+        "replay",
+        cmd_replay,
+        "send dead-lettered events again (after fixing what the backend rejected); with --since, "
+        "send one sink again everything since a time",
+    )
     replay.add_argument(
         "--dead-letters", action="store_true", help="replay the dead letters (the default; accepted for scripts)"
     )
-    replay.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")
+    replay.add_argument(
+        "--sink", metavar="NAME", help="only this sink's dead letters; with --since, the one sink to re-send to"
+    )
+    replay.add_argument(
+        "--since",
+        metavar="T",
+        help="re-send to --sink the events enqueued since T that are still in the outbox, and re-export from the "
+        "API the Jobs created since T that are not (RFC 3339 or a duration back from now: 24h, 7d); other sinks "
+        "are unaffected",
+    )
+    reset = add(
+        "reset-sink",
+        cmd_reset_sink,
+        "move one sink's delivery cursor to a time: back re-sends what the outbox holds, forward skips",
+    )
+    reset.add_argument("name", metavar="NAME", help="the sink whose cursor moves (as named in the config)")
+    reset.add_argument(
+        "--to",
+        required=True,
+        metavar="T",
+        help="the first event enqueued at or after T is the next one sent (RFC 3339 or a duration back from now)",
+    )
+    reset.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask for confirmation (needed when stdin is not a terminal)"
+    )
+    backfill = add(
+        "backfill",
+        cmd_backfill,
+        "export the Jobs created in a past window (resumable; never moves the live checkpoint)",
+    )
+    backfill.add_argument(
+        "--since",
+        required=True,
+        metavar="T",
+        help="window start: RFC 3339 (2026-11-01T00:00:00Z) or a duration back from now (24h, 7d)",
+    )
+    backfill.add_argument(
+        "--until",
+        metavar="T",
+        help="window end, exclusive (same forms; default: when this backfill first started)",
+    )
+    backfill.add_argument("--sink", metavar="NAME", help="send to this sink only (default: every enabled sink)")
+    backfill.add_argument(
+        "--restart",
+        action="store_true",
+        help="list the window again from its start, even if this backfill ran (or finished) before",
+    )
     demo = add("demo", cmd_demo, "run the exporter against the embedded Duvo simulator (no credentials needed)")
     demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long to run (default 20)")
     demo.add_argument("--output", metavar="PATH", help="where the file sink writes (default: the demo config's)")

@@ -8,6 +8,7 @@ DUVO_AUTH = 4  # the Duvo API rejected the key (401/403); fix duvo.api_key
 DUVO_UNAVAILABLE = 5  # the Duvo API stayed unavailable after retries; state is consistent, run again
 SINK = 6  # a sink could not deliver (its backlog is kept) or failed `check --connect`
 DEAD_LETTERS = 7  # `once`/`replay`: a backend rejected events permanently (see status --dead-letters)
+INTERRUPTED = 130  # `backfill`/`replay --since` stopped by SIGINT/SIGTERM: the same command resumes
 
 DESCRIPTION = """exit codes:
   0  success
@@ -19,4 +20,5 @@ DESCRIPTION = """exit codes:
   6  a sink could not deliver (its backlog is kept) or failed check --connect
   7  a backend rejected events permanently: they are dead letters (once, replay;
      see status --dead-letters; once --dead-letter-exit-code 0 accepts them)
+  130  backfill or replay --since stopped by SIGINT/SIGTERM (run it again to resume)
  (a closed stdout, as in `status --json | head`, ends a command quietly)"""

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ROOT, cli, write_config
 from tests.fakes.datadog import DatadogFake
 
-COMMANDS = ["run", "once", "check", "status", "replay", "demo", "simulate"]
+COMMANDS = ["run", "once", "check", "status", "replay", "backfill", "reset-sink", "demo", "simulate"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

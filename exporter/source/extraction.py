@@ -85,7 +85,9 @@ class PassReport:
         return self.pages + self.gets
 
 
-class _Halt(Exception):
+class Halt(Exception):
+    """Ends a listing early (stop, budget, a full outbox, a backfill's window end); committed rows stay."""
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
@@ -127,6 +129,7 @@ class Extractor:
         self.commit_lock = commit_lock or threading.Lock()
         # With webhooks flowing, the age schedule waits at least this long (seconds; 0 = no floor).
         self.recheck_floor: Callable[[], float] = lambda: 0.0
+        self.commit_rows = COMMIT_ROWS  # rows read per commit during a listing (a backfill commits per page)
 
     # ---- a pass ------------------------------------------------------------------------------
 
@@ -139,7 +142,7 @@ class Extractor:
         try:
             for team in self.teams:
                 self._pass_team(team, report)
-        except _Halt as halt:
+        except Halt as halt:
             report.halted = halt.reason
             if halt.reason == "outbox_full":
                 log.warning(
@@ -154,14 +157,14 @@ class Extractor:
         """Called before every request: honours stop, the per-pass budget and the outbox bound
         (counting ``held`` rows read but not committed yet as events)."""
         if self._stop is not None and self._stop.is_set():
-            raise _Halt("stop")
+            raise Halt("stop")
         if self._budget is not None:
             if self._budget <= 0:
-                raise _Halt("budget")
+                raise Halt("budget")
             self._budget -= 1
         low, high = self.store.outbox_bounds()
         if high - low + 1 + held >= self.max_outbox_events:
-            raise _Halt("outbox_full")
+            raise Halt("outbox_full")
 
     def _pass_team(self, team: str, report: PassReport) -> None:
         checkpoint = self._checkpoint(team)
@@ -317,7 +320,7 @@ class Extractor:
                     held_ids.add(run_id)
                     listed_due.pop(run_id, None)
                 held.extend(fresh)
-                if len(held) >= COMMIT_ROWS:
+                if len(held) >= self.commit_rows:
                     self._commit_rows(team, held, report, checkpoint=newest if status is None else None)
                     held, committed_newest = [], newest
                     held_ids.clear()

@@ -180,6 +180,22 @@ class SinkCursor:
     stopped_reason: str | None
 
 
+@dataclass(frozen=True)
+class Backfill:
+    """A bounded historical export (or the re-export part of a replay) and where it stands."""
+
+    name: str
+    team_id: str
+    since: str
+    until: str | None
+    sink: str | None
+    position: str | None  # the newest created_at read in order; None before the first page
+    events: int
+    started_at: float
+    updated_at: float
+    finished_at: float | None
+
+
 class StateStore:
     def __init__(self, path: str, *, synchronous: str = "full", create: bool = True) -> None:
         self.path = path
@@ -519,6 +535,123 @@ class StateStore:
                 "UPDATE dead_letters SET reason = ?, failed_at = ? WHERE id = ?",
                 [(reason, now, i) for i, reason in still_failing],
             )
+
+    # ---- backfills and cursor moves ----------------------------------------------------------
+
+    _BACKFILL_COLUMNS = "name, team_id, since, until, sink, position, events, started_at, updated_at, finished_at"
+
+    @staticmethod
+    def _backfill_edge_key(name: str) -> str:
+        return f"backfill_edge:{name}"
+
+    def backfill(self, name: str) -> Backfill | None:
+        row = self._conn.execute(f"SELECT {self._BACKFILL_COLUMNS} FROM backfills WHERE name = ?", (name,)).fetchone()
+        return Backfill(*row) if row else None
+
+    def backfills(self) -> list[Backfill]:
+        rows = self._conn.execute(f"SELECT {self._BACKFILL_COLUMNS} FROM backfills ORDER BY started_at, name")
+        return [Backfill(*row) for row in rows]
+
+    def backfill_edge(self, name: str) -> set[str]:
+        """The run_ids already exported whose created_at equals the backfill's position: a resume
+        re-reads that instant (Jobs can share a created_at) and must skip exactly these."""
+        raw = self.meta(self._backfill_edge_key(name))
+        return set(json.loads(raw)) if raw else set()
+
+    def start_backfill(self, name: str, team_id: str, since: str, until: str | None, sink: str | None) -> Backfill:
+        """The backfill called ``name``: created with this window, or as it was left (resumed)."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO backfills(name, team_id, since, until, sink, position, events, started_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, NULL, 0, ?, ?)",
+                (name, team_id, since, until, sink, now, now),
+            )
+        found = self.backfill(name)
+        assert found is not None
+        return found
+
+    def commit_backfill(
+        self,
+        name: str,
+        events: Sequence[tuple[str, str, str]],
+        *,
+        sink: str | None,
+        position: str | None,
+        edge: Iterable[str],
+        finished: bool = False,
+    ) -> int:
+        """Enqueue a page's events for ``sink`` (None: every sink) and move the backfill's own
+        position, atomically. Never touches the live checkpoint or the runs table."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO outbox(run_id, event_id, body, enqueued_at, sink) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, event_id, body, now, sink) for run_id, event_id, body in events],
+            )
+            conn.execute(
+                "UPDATE backfills SET position = coalesce(?, position), events = events + ?, updated_at = ?, "
+                "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE name = ?",
+                (position, len(events), now, int(finished), now, name),
+            )
+            if finished:  # a finished backfill is never resumed, only restarted
+                conn.execute("DELETE FROM meta WHERE key = ?", (self._backfill_edge_key(name),))
+            else:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (self._backfill_edge_key(name), json.dumps(sorted(edge))),
+                )
+        return len(events)
+
+    def forget_backfill(self, name: str) -> None:
+        """Drop a backfill's record (`backfill --restart`); the events it enqueued stay."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM backfills WHERE name = ?", (name,))
+            conn.execute("DELETE FROM meta WHERE key = ?", (self._backfill_edge_key(name),))
+
+    def first_seq_enqueued_at_or_after(self, moment: float) -> int | None:
+        """The lowest held seq enqueued at or after ``moment`` (seqs grow with time), or None."""
+        row = self._conn.execute("SELECT min(seq) FROM outbox WHERE enqueued_at >= ?", (moment,)).fetchone()
+        return row[0]
+
+    def oldest_held_enqueued_at(self) -> float | None:
+        row = self._conn.execute("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def count_for_sink(self, sink: str, after: int, upto: int) -> int:
+        """Held events for ``sink`` (its own and every-sink ones) with ``after < seq <= upto``."""
+        return self._conn.execute(
+            "SELECT count(*) FROM outbox WHERE seq > ? AND seq <= ? AND (sink IS NULL OR sink = ?)",
+            (after, upto, sink),
+        ).fetchone()[0]
+
+    def set_cursor(self, sink: str, seq: int) -> None:
+        """Move ``sink``'s cursor to ``seq``, backward or forward (`reset-sink`); counters stay."""
+        with self.transaction() as conn:
+            changed = conn.execute("UPDATE sink_cursors SET seq = ? WHERE sink = ?", (seq, sink)).rowcount
+        if not changed:
+            raise StateError(f"no delivery cursor for sink {sink!r}")
+
+    def copy_to_sink(self, sink: str, *, enqueued_since: float) -> int:
+        """Enqueue again, for ``sink`` only, the held events it has had already (at or before its
+        cursor) that were enqueued at or after ``enqueued_since``: one copy per event_id, in order,
+        leaving out any event_id the sink is still to receive (a re-export just written, a copy
+        not delivered yet). Other sinks skip the copies, so their cursors and backlogs mean what
+        they did. Returns the number enqueued."""
+        now = time.time()
+        with self.transaction() as conn:
+            cursor = conn.execute("SELECT seq FROM sink_cursors WHERE sink = ?", (sink,)).fetchone()
+            if cursor is None:
+                raise StateError(f"no delivery cursor for sink {sink!r}")
+            return conn.execute(
+                "INSERT INTO outbox(run_id, event_id, body, enqueued_at, sink) "
+                "SELECT run_id, event_id, body, ?, ? FROM outbox WHERE seq IN ("
+                "  SELECT min(seq) FROM outbox WHERE seq <= ? AND enqueued_at >= ? AND (sink IS NULL OR sink = ?) "
+                "  AND event_id NOT IN (SELECT event_id FROM outbox WHERE seq > ? AND (sink IS NULL OR sink = ?)) "
+                "  GROUP BY event_id"
+                ") ORDER BY seq",
+                (now, sink, cursor[0], enqueued_since, sink, cursor[0], sink),
+            ).rowcount
 
     # ---- meta --------------------------------------------------------------------------------
 
