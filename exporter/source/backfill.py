@@ -33,7 +33,7 @@ import structlog
 from exporter import exitcodes
 from exporter.config import Config
 from exporter.delivery.worker import SinkWorker
-from exporter.source.extraction import DuvoSource, Extractor, PassReport, Halt
+from exporter.source.extraction import DuvoSource, Extractor, Halt, PassReport
 from exporter.state.store import Backfill, StateStore
 from exporter.transform import events as run_events
 from transport import timestamps
