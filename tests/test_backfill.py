@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli, exported, write_config
+from tests.conftest import ROOT, cli, cli_in_process, exported, write_config
 from transport import timestamps
 
 TWO_SINKS = """\
@@ -50,14 +50,14 @@ def _old_jobs(sim, base: datetime, count: int, *, first_day: float = 3.9, span_d
 
 
 def _checkpoints(config: str) -> dict[str, str]:
-    return json.loads(cli("status", "--json", "--config", config).stdout)["checkpoints"]
+    return json.loads(cli_in_process("status", "--json", "--config", config).stdout)["checkpoints"]
 
 
 def test_backfill_sends_exactly_the_window_to_its_sink_and_leaves_the_live_checkpoint(sim, tmp_path):
     base = datetime.now(UTC)
     recent = {sim.world.create_job(team_id="team-sim", status="completed")["id"] for _ in range(3)}
     config = _config(tmp_path, sim.url, page_size=7)
-    assert cli("once", "--config", config).returncode == 0
+    assert cli_in_process("once", "--config", config).returncode == 0
     assert set(exported(tmp_path / "a.jsonl")) == recent == set(exported(tmp_path / "b.jsonl"))
     checkpoint = _checkpoints(config)
 
@@ -87,7 +87,7 @@ def test_backfill_sends_exactly_the_window_to_its_sink_and_leaves_the_live_check
     assert exported(tmp_path / "a.jsonl") == a
 
     # A following `once` does not re-export the window, and b still never saw it.
-    assert cli("once", "--config", config).returncode == 0
+    assert cli_in_process("once", "--config", config).returncode == 0
     assert exported(tmp_path / "a.jsonl") == a and set(exported(tmp_path / "b.jsonl")) == recent
 
     # Without --sink every sink gets the window (a new name: a new backfill).
@@ -173,7 +173,7 @@ def test_backfill_refuses_to_run_beside_a_writer(sim, tmp_path):
     from exporter.state.lock import StateLock
 
     config = _config(tmp_path, sim.url)
-    assert cli("once", "--config", config).returncode == 0
+    assert cli_in_process("once", "--config", config).returncode == 0
     with StateLock(str(tmp_path / "state.db"), "run"):
         result = cli("backfill", "--since", "1d", "--config", config)
     assert result.returncode == 3

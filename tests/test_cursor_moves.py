@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, cli, exported, write_config
+from tests.conftest import ROOT, cli_in_process, exported, write_config
 from transport import timestamps
 
 # Sink b writes into a directory, so it fails and holds the outbox; b_fixed is the same sink fixed.
@@ -50,19 +50,19 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _sinks(config: str) -> dict[str, dict]:
-    return {s["name"]: s for s in json.loads(cli("status", "--json", "--config", config).stdout)["sinks"]}
+    return {s["name"]: s for s in json.loads(cli_in_process("status", "--json", "--config", config).stdout)["sinks"]}
 
 
 def _two_rounds(sim, config: str) -> tuple[set[str], str, set[str]]:
     """Three Jobs exported, then the time T, then four more: b fails throughout, so the outbox
     holds all seven. Returns (first ids, T, second ids)."""
     first = {sim.world.create_job(team_id="team-sim", status="completed")["id"] for _ in range(3)}
-    assert cli("once", "--config", config).returncode == 6  # b cannot write
+    assert cli_in_process("once", "--config", config).returncode == 6  # b cannot write
     time.sleep(0.01)  # T strictly after the first enqueue, to the millisecond
     moment = timestamps.format_utc(timestamps.now())
     time.sleep(0.01)
     second = {sim.world.create_job(team_id="team-sim", status="failed")["id"] for _ in range(4)}
-    assert cli("once", "--config", config).returncode == 6
+    assert cli_in_process("once", "--config", config).returncode == 6
     assert set(exported(Path(config).parent / "a.jsonl")) == first | second
     return first, moment, second
 
@@ -85,7 +85,7 @@ def test_reset_sink_backward_resends_forward_skips_and_asks_first(sim, tmp_path)
     assert moved.returncode == 0, moved.stderr
     assert "cursor 7 -> 3" in moved.stdout
     assert _sinks(broken)["a"]["cursor"] == 3 and _sinks(broken)["b"]["cursor"] == 0
-    assert cli("once", "--config", broken).returncode == 6
+    assert cli_in_process("once", "--config", broken).returncode == 6
     counts = exported(tmp_path / "a.jsonl")
     assert {run_id: counts[run_id] for run_id in first | second} == {
         **dict.fromkeys(first, 1),
@@ -97,7 +97,7 @@ def test_reset_sink_backward_resends_forward_skips_and_asks_first(sim, tmp_path)
     assert forward.returncode == 0, forward.stderr
     assert "7 event(s) will be skipped, never sent to b" in forward.stdout
     later = sim.world.create_job(team_id="team-sim", status="stopped")["id"]
-    assert cli("once", "--config", fixed).returncode == 0
+    assert cli_in_process("once", "--config", fixed).returncode == 0
     assert set(exported(tmp_path / "b.jsonl")) == {later}
 
     unknown = _run("reset-sink", "nope", "--to", "1h", "--yes", "--config", fixed)
@@ -148,16 +148,16 @@ def test_replay_since_resends_the_outbox_part_to_one_sink_only(sim, tmp_path):
 def test_replay_since_re_exports_what_the_outbox_no_longer_holds(sim, tmp_path):
     _, fixed = _configs(tmp_path, sim.url)
     jobs = {sim.world.create_job(team_id="team-sim", status="completed")["id"] for _ in range(5)}
-    assert cli("once", "--config", fixed).returncode == 0
-    assert json.loads(cli("status", "--json", "--config", fixed).stdout)["outbox"]["events"] == 0  # pruned
-    checkpoint = json.loads(cli("status", "--json", "--config", fixed).stdout)["checkpoints"]
+    assert cli_in_process("once", "--config", fixed).returncode == 0
+    assert json.loads(cli_in_process("status", "--json", "--config", fixed).stdout)["outbox"]["events"] == 0  # pruned
+    checkpoint = json.loads(cli_in_process("status", "--json", "--config", fixed).stdout)["checkpoints"]
 
     result = _run("replay", "--sink", "a", "--since", "1h", "--config", fixed)
     assert result.returncode == 0, result.stderr
     assert "0 event(s) from the outbox, 5 re-exported from the API" in result.stdout
     assert exported(tmp_path / "a.jsonl") == dict.fromkeys(jobs, 2)
     assert exported(tmp_path / "b.jsonl") == dict.fromkeys(jobs, 1)
-    after = json.loads(cli("status", "--json", "--config", fixed).stdout)
+    after = json.loads(cli_in_process("status", "--json", "--config", fixed).stdout)
     assert after["checkpoints"] == checkpoint
     assert after["backfills"] == []  # a finished replay leaves nothing to resume
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import ROOT, cli, write_config
+from tests.conftest import ROOT, cli, cli_in_process, write_config
 from transport import timestamps
 
 
@@ -52,7 +52,7 @@ def test_status_is_a_table_on_a_terminal_and_plain_when_piped(sim, tmp_path):
     old = timestamps.format_utc(datetime.now(UTC) - timedelta(days=2))
     sim.world.create_job(team_id="team-sim", status="completed", created_at=old)
     config = str(write_config(tmp_path, sim.url, start_from="1d"))
-    assert cli("once", "--config", config).returncode == 0
+    assert cli_in_process("once", "--config", config).returncode == 0
     assert cli("backfill", "--since", "3d", "--until", "1d", "--config", config).returncode == 0
 
     code, screen = _on_a_terminal("status", "--config", config)
@@ -62,7 +62,7 @@ def test_status_is_a_table_on_a_terminal_and_plain_when_piped(sim, tmp_path):
     lines = [line for line in screen.splitlines() if line.strip().startswith("local")]
     assert lines and "file" in lines[0] and "3" in lines[0]  # sink, type, delivered (2 live + 1 backfilled)
 
-    piped = cli("status", "--config", config)
+    piped = cli_in_process("status", "--config", config)
     assert piped.returncode == 0
     assert "━" not in piped.stdout and "\x1b[" not in piped.stdout
     assert "open jobs: 1 (running 1)" in piped.stdout
