@@ -18,7 +18,9 @@ Event = Mapping[str, Any]
 
 # The values an event's `event` and `status` fields take, so that a sink filter naming anything
 # else (a typo such as `faild`) is a configuration error instead of a sink that receives nothing.
-EventType = Literal["run.finished", "run.waiting"]
+# run.summary and alert.* are per Assignment (no run_id); a sink receives them only when its
+# filter.events lists them.
+EventType = Literal["run.finished", "run.waiting", "run.summary", "alert.started", "alert.cleared"]
 EventStatus = Literal["completed", "failed", "stopped", "interrupted", "waiting"]
 
 

@@ -175,7 +175,8 @@ def test_filter_values_are_checked_against_what_events_carry():
     assert found == [
         "sinks[0].filter.statuses[1]: input should be 'completed', 'failed', 'stopped', 'interrupted' or 'waiting'"
         " (got 'faild')",
-        "sinks[0].filter.events[1]: input should be 'run.finished' or 'run.waiting' (got 'run.done')",
+        "sinks[0].filter.events[1]: input should be 'run.finished', 'run.waiting', 'run.summary', 'alert.started'"
+        " or 'alert.cleared' (got 'run.done')",
     ]
 
 
@@ -186,7 +187,9 @@ def test_filter_vocabulary_matches_what_the_pipeline_emits():
     from sinks.base import EventStatus, EventType
 
     assert set(get_args(EventStatus)) == events.TERMINAL_STATUSES | {"waiting"}
-    assert set(get_args(EventType)) == {events.EVENT_FINISHED, events.EVENT_WAITING}
+    assert set(get_args(EventType)) == events.JOB_EVENTS | events.INSIGHT_EVENTS
+    assert {events.EVENT_FINISHED, events.EVENT_WAITING} == events.JOB_EVENTS
+    assert {events.EVENT_SUMMARY, events.EVENT_ALERT_STARTED, events.EVENT_ALERT_CLEARED} == events.INSIGHT_EVENTS
 
 
 def test_check_refuses_a_filter_typo(tmp_path):
