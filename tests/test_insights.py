@@ -278,3 +278,28 @@ def test_insight_settings_are_validated_with_their_path(block, problem):
 
     found = problems(BASE + f"insights: {block}\n")
     assert len(found) == 1 and found[0].startswith(problem), found
+
+
+def test_a_job_exported_by_a_webhook_records_its_fact_with_its_event_once(tmp_path):
+    """The webhook processor's path (Extractor.apply_fetched) goes through the same commit as a
+    pass: the fact is written in the transaction that enqueues run.finished, once per run_id."""
+    from exporter.config import ExtractSettings
+    from exporter.source.extraction import Extractor
+
+    store = StateStore(str(tmp_path / "s.db"))
+    extractor = Extractor(None, store, ["t"], ExtractSettings())  # type: ignore[arg-type]
+    run = {
+        "id": "r1",
+        "team_id": "t",
+        "agent_id": "a",
+        "status": "completed",
+        "created_at": "2027-01-15T07:59:00Z",
+        "started_at": "2027-01-15T07:59:30Z",
+        "completed_at": "2027-01-15T08:00:00Z",
+    }
+    assert extractor.apply_fetched("t", dict(run)) == 1
+    assert extractor.apply_fetched("t", dict(run)) == 0  # a repeat: no event, no second fact
+    assert store.fact_rows(0, 2e9) == [("t", "a", "r1", "completed", T0, 30.0, 0)]
+    assert [(r[0], r[1], r[2], r[3]) for r in store.run_totals()] == [("t", "a", "completed", 1)]
+    assert store.duration_totals()["t"][:2] == (1, 30.0)
+    store.close()
