@@ -96,9 +96,8 @@ class Exporter:
                 for s in enabled
             ]
             self.wake = {w.name: threading.Event() for w in self.workers}
-            self.insights: InsightEngine | None = None
-            if config.insights.enabled:
-                self.insights = InsightEngine(self.store, config.insights, insight_targets(enabled))
+            # With insights off it only prunes the facts every run.finished still records.
+            self.insights = InsightEngine(self.store, config.insights, insight_targets(enabled))
             self._threads: list[threading.Thread] = []
             self.observer: Observer = NULL_OBSERVER
             # Webhooks queued by the server (or left by a previous run) are fetched and exported by
@@ -179,8 +178,6 @@ class Exporter:
     def _evaluate_insights(self) -> None:
         """Summaries and alerts, after the pass committed (exporter/insights). A failure here is
         logged and never fails the pass; a state that cannot be written stops as everywhere."""
-        if self.insights is None:
-            return
         try:
             result = self.insights.evaluate()
         except StateError:

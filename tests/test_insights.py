@@ -303,3 +303,14 @@ def test_a_job_exported_by_a_webhook_records_its_fact_with_its_event_once(tmp_pa
     assert [(r[0], r[1], r[2], r[3]) for r in store.run_totals()] == [("t", "a", "completed", 1)]
     assert store.duration_totals()["t"][:2] == (1, 30.0)
     store.close()
+
+
+def test_with_insights_off_no_event_and_no_episode_but_facts_are_still_pruned(tmp_path):
+    clock = Clock(T0)
+    store = StateStore(str(tmp_path / "s.db"))
+    engine = InsightEngine(store, settings(enabled=False), TARGETS, clock)
+    add(store, [fact(i, "failed", T0 - 100 + i) for i in range(20)] + [fact(99, "completed", T0 - 5 * 86400)])
+    result = engine.evaluate()
+    assert (result.started, result.summaries) == (0, 0) and outbox(store) == [] and store.alert_episodes() == {}
+    assert len(store.fact_rows(0, T0 + 1)) == 20
+    store.close()

@@ -63,6 +63,11 @@ class InsightEngine:
         settings = self.settings
         now = self.clock()
         horizon = settings.horizon_seconds
+        if not settings.enabled:
+            # Facts are recorded with every run.finished all the same (the metrics count them);
+            # only their pruning goes on.
+            self.store.prune_facts(now - horizon - 3600)
+            return InsightReport()
         rows = self.store.fact_rows(now - horizon, math.inf)
         last_ends = self.store.summary_ends()
         active = self.store.alert_episodes()

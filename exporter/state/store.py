@@ -845,6 +845,11 @@ class StateStore:
                 (team, count, total, json.dumps(buckets)),
             )
 
+    def prune_facts(self, before: float) -> int:
+        """Forget the facts of Jobs completed before ``before`` (with insights off, nothing else does)."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM run_facts WHERE completed_at < ?", (before,)).rowcount
+
     def fact_rows(self, since: float, until: float) -> list[tuple[str, str, str, str, float, float | None, int]]:
         """(team, agent, run_id, status, completed_at, duration, recovered) of the Jobs that
         completed in [since, until), by Assignment then time."""
