@@ -85,8 +85,9 @@ def test_a_fact_comes_from_the_run_finished_event():
         "duration_seconds": 9.5,
         "diagnosis": {"recovered": True},
     }
-    got = fact_from_event(event, read_at=5.0)
+    got = fact_from_event(event, read_at=T0 + 60)
     assert got.completed_at == 1_800_000_010.0 and got.duration == 9.5 and got.recovered
+    assert fact_from_event(event, read_at=T0).completed_at == T0  # completed "in the future": when read
     bare = fact_from_event({"run_id": "r2", "team_id": "t", "agent_id": None, "status": "failed"}, read_at=5.0)
     assert bare.completed_at == 5.0 and bare.duration is None and not bare.recovered and bare.agent_id == "unknown"
 
@@ -287,7 +288,7 @@ def test_a_job_exported_by_a_webhook_records_its_fact_with_its_event_once(tmp_pa
     from exporter.source.extraction import Extractor
 
     store = StateStore(str(tmp_path / "s.db"))
-    extractor = Extractor(None, store, ["t"], ExtractSettings())  # type: ignore[arg-type]
+    extractor = Extractor(None, store, ["t"], ExtractSettings(), clock=lambda: T0 + 60)  # type: ignore[arg-type]
     run = {
         "id": "r1",
         "team_id": "t",
