@@ -200,6 +200,57 @@ class WebhookSettings(StrictModel):
     recheck_interval: DurationText = "30m"
 
 
+class InsightSettings(StrictModel):
+    """Health aggregates per Assignment (team, agent) over rolling windows, computed from the Jobs
+    the exporter already read, and the alerts derived from them (README "Insights")."""
+
+    enabled: bool = True
+    # Rolling windows, by each Job's completed_at (the time read when it has none).
+    windows: list[DurationText] = Field(default_factory=lambda: ["1h", "24h"], min_length=1, max_length=4)
+    # A run.summary per Assignment and window is emitted once per step of that window (same order).
+    steps: list[DurationText] = Field(default_factory=lambda: ["5m", "1h"], min_length=1, max_length=4)
+    # Failure-rate alert: above this share of failed Jobs with at least min_jobs in the window.
+    failure_threshold: float = Field(default=0.10, gt=0, lt=1)
+    min_jobs: int = Field(default=20, ge=1, le=1_000_000)
+    # An episode clears when the value falls below threshold x (1 - hysteresis).
+    hysteresis: float = Field(default=0.2, ge=0, lt=1)
+    # Latency regression: p95 over the window above this multiple of the baseline's p95.
+    latency_multiple: float = Field(default=1.5, gt=1, le=100)
+    # The baseline: the Jobs that completed in this span just before the window.
+    baseline: DurationText = "24h"
+    # Prometheus labels: at most this many agents by name (the first seen); the rest are "other".
+    max_agents: int = Field(default=50, ge=1, le=10_000)
+    # Example run_ids named by an alert.
+    examples: int = Field(default=5, ge=0, le=50)
+
+    @model_validator(mode="after")
+    def _windows_and_steps(self) -> InsightSettings:
+        if len(self.steps) != len(self.windows):
+            raise ValueError("steps must have one entry per window")
+        windows = [parse_duration(w) for w in self.windows]
+        if len(set(windows)) != len(windows):
+            raise ValueError("windows has duplicates")
+        for window, step, text in zip(windows, (parse_duration(s) for s in self.steps), self.windows, strict=True):
+            if window < 60:
+                raise ValueError(f"window {text} is shorter than 1m")
+            if not 60 <= step <= window:
+                raise ValueError(f"the step of window {text} must be between 1m and the window")
+        if parse_duration(self.baseline) < 60:
+            raise ValueError("baseline must be at least 1m")
+        return self
+
+    @property
+    def window_seconds(self) -> list[tuple[str, float, float]]:
+        """(name as written, window seconds, step seconds) per window."""
+        pairs = zip(self.windows, self.steps, strict=True)
+        return [(text, parse_duration(text), parse_duration(step)) for text, step in pairs]
+
+    @property
+    def horizon_seconds(self) -> float:
+        """How far back facts are needed: the longest window plus the baseline before it."""
+        return max(parse_duration(w) for w in self.windows) + parse_duration(self.baseline)
+
+
 class Config(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -209,6 +260,7 @@ class Config(BaseModel):
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     webhooks: WebhookSettings | None = None
+    insights: InsightSettings = Field(default_factory=InsightSettings)
     sinks: list[SinkSettings]
     warnings: list[str] = Field(default_factory=list, exclude=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -12,6 +12,7 @@ import structlog
 from exporter import __version__
 from exporter.config import Config
 from exporter.delivery.worker import SinkWorker
+from exporter.insights.engine import InsightEngine
 from exporter.observe import NULL_OBSERVER, Observer
 from exporter.source.duvo_client import DuvoClient
 from exporter.source.extraction import DuvoSource, Extractor, PassReport
@@ -19,8 +20,10 @@ from exporter.source.webhook_queue import WebhookProcessor
 from exporter.state.lock import StateLock
 from exporter.state.pass_record import LAST_PASS_KEY, PassRecord
 from exporter.state.store import StateError, StateStore
+from exporter.transform import events as run_events
 from sinks.base import Sink
 from sinks.registry import build_sink
+from sinks.settings import SinkSettings
 from transport.durations import parse_duration
 
 log = structlog.get_logger(__name__)
@@ -38,6 +41,16 @@ def build_client(config: Config) -> DuvoClient:
         user_agent=f"duvo-exporter/{__version__}",
         verify=duvo.tls.requests_verify(),
     )
+
+
+def insight_targets(sinks: Sequence[SinkSettings]) -> dict[str, list[str]]:
+    """run.summary / alert.* -> the sinks that ask for it in filter.events (no filter: none)."""
+    targets: dict[str, list[str]] = {}
+    for sink in sinks:
+        for kind in sink.filter.events or ():
+            if kind in run_events.INSIGHT_EVENTS:
+                targets.setdefault(kind, []).append(sink.name)
+    return targets
 
 
 class Exporter:
@@ -83,6 +96,8 @@ class Exporter:
                 for s in enabled
             ]
             self.wake = {w.name: threading.Event() for w in self.workers}
+            # With insights off it only prunes the facts every run.finished still records.
+            self.insights = InsightEngine(self.store, config.insights, insight_targets(enabled))
             self._threads: list[threading.Thread] = []
             self.observer: Observer = NULL_OBSERVER
             # Webhooks queued by the server (or left by a previous run) are fetched and exported by
@@ -140,9 +155,11 @@ class Exporter:
         except Exception as exc:
             self._record_pass(PassRecord.failed(started, exc))
             self.observer.pass_finished("failed", time.time() - started)
+            self._evaluate_insights()  # what the pass committed before failing counts
             raise
         record = PassRecord.finished(started, report)
         self._record_pass(record)
+        self._evaluate_insights()
         self.observer.pass_finished(record.outcome, record.finished_at - record.started_at)
         self.observer.jobs_extracted(report.events)
         log.info(
@@ -157,6 +174,24 @@ class Exporter:
         )
         self._wake_sinks()
         return report
+
+    def _evaluate_insights(self) -> None:
+        """Summaries and alerts, after the pass committed (exporter/insights). A failure here is
+        logged and never fails the pass; a state that cannot be written stops as everywhere."""
+        try:
+            result = self.insights.evaluate()
+        except StateError:
+            raise
+        except Exception as exc:
+            log.exception("could not evaluate the insights", error=str(exc))
+            return
+        if result.summaries or result.started or result.cleared:
+            log.info(
+                "insights evaluated",
+                summaries=result.summaries,
+                alerts_started=result.started,
+                alerts_cleared=result.cleared,
+            )
 
     def _wake_sinks(self) -> None:
         for event in self.wake.values():

@@ -18,8 +18,34 @@ Event = Mapping[str, Any]
 
 # The values an event's `event` and `status` fields take, so that a sink filter naming anything
 # else (a typo such as `faild`) is a configuration error instead of a sink that receives nothing.
-EventType = Literal["run.finished", "run.waiting"]
+# run.summary and alert.* are per Assignment (no run_id); a sink receives them only when its
+# filter.events lists them.
+EventType = Literal["run.finished", "run.waiting", "run.summary", "alert.started", "alert.cleared"]
 EventStatus = Literal["completed", "failed", "stopped", "interrupted", "waiting"]
+INSIGHT_EVENT_TYPES = frozenset({"run.summary", "alert.started", "alert.cleared"})
+
+
+def insight_level(event: Mapping[str, Any]) -> str | None:
+    """The level of a summary or alert event (None for a Job's event): a failure-rate alert that
+    starts is an error, a latency one a warning; summaries and cleared alerts are info."""
+    kind = event.get("event")
+    if kind not in INSIGHT_EVENT_TYPES:
+        return None
+    if kind == "alert.started":
+        return "error" if event.get("alert") == "failure_rate" else "warning"
+    return "info"
+
+
+def insight_message(event: Mapping[str, Any]) -> str:
+    """One line that says what a summary or alert event is about."""
+    if isinstance(event.get("message"), str):
+        return event["message"]
+    rate = event.get("failure_rate")
+    shown = "n/a" if rate is None else f"{rate:.1%}"
+    return (
+        f"Assignment {event.get('agent_id')} over {event.get('window')}: {event.get('jobs')} Jobs, "
+        f"failure rate {shown}, p95 {event.get('duration_p95_seconds')} s"
+    )
 
 
 def one_line(value: object, limit: int = 300) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sinks.base import insight_level, insight_message
 from transport import timestamps
 
 SOURCE = "duvo"
@@ -164,6 +165,9 @@ def to_log(
 ) -> dict[str, Any]:
     """The Datadog log entry for one event: Datadog's own fields plus the event's fields as
     attributes, and ``date`` (epoch milliseconds, from `log_date`) when given."""
+    level = insight_level(event)
+    if level is not None:
+        return _insight_log(event, level, service=service, hostname=hostname, tags=tags, date=date)
     job_status = _job_status(event)
     log: dict[str, Any] = {}
     for key, value in event.items():
@@ -183,6 +187,33 @@ def to_log(
             "status": log_level(job_status),
             "job_status": job_status,
             "run_id": run_id,
+        }
+    )
+    if date is not None:
+        log["date"] = date
+    return log
+
+
+def _insight_log(
+    event: Mapping[str, Any],
+    level: str,
+    *,
+    service: str,
+    hostname: str,
+    tags: Iterable[str],
+    date: int | None,
+) -> dict[str, Any]:
+    """A run.summary or alert.* event: no run_id and no Job status; the level says how bad it is
+    (an alert that starts: error for a failure rate, warning for latency) and a tag names the event."""
+    log = {_attribute_name(str(key)): value for key, value in event.items()}
+    log.update(
+        {
+            "ddsource": SOURCE,
+            "service": service,
+            "hostname": hostname,
+            "ddtags": tags_for(event, None, [f"duvo_event:{event.get('event')}", *tags]),
+            "message": insight_message(event),
+            "status": level,
         }
     )
     if date is not None:

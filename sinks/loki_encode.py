@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sinks.base import Event
+from sinks.base import INSIGHT_EVENT_TYPES, Event, insight_level
 from transport import timestamps
 
 # Prometheus/Loki label names; names starting with "__" are reserved for Loki's own use.
@@ -129,7 +129,10 @@ class Encoder:
 
     def labels(self, event: Event) -> dict[str, str]:
         labels = dict(self._static)
-        labels["status"] = str(event.get("status") or "unknown")
+        # A summary or alert has no Job status: its event type takes the (bounded) label instead.
+        kind = event.get("event")
+        status = kind if kind in INSIGHT_EVENT_TYPES else event.get("status")
+        labels["status"] = str(status or "unknown")
         agent_id = event.get("agent_id")
         if self._label_agent_id and agent_id not in (None, ""):
             labels["agent_id"] = str(agent_id)
@@ -151,7 +154,11 @@ class Encoder:
         agent_id = event.get("agent_id")
         if not self._label_agent_id and agent_id not in (None, ""):
             metadata["agent_id"] = str(agent_id)
-        metadata["level"] = level_for(str(event.get("status") or ""))
+        insight = insight_level(event)
+        if insight is not None:
+            metadata["level"] = "warn" if insight == "warning" else insight
+        else:
+            metadata["level"] = level_for(str(event.get("status") or ""))
         return metadata
 
     def timestamp_ns(self, event: Event, line: str) -> int:

@@ -35,17 +35,21 @@ def test_minimal_config_gets_documented_defaults():
     assert config.extract.emit == "terminal"
     assert config.extract.recheck.sweep_pages == 20
     assert config.duvo.team_ids == ["t1"]
+    assert config.insights.windows == ["1h", "24h"] and config.insights.steps == ["5m", "1h"]
+    assert (config.insights.failure_threshold, config.insights.min_jobs, config.insights.hysteresis) == (0.1, 20, 0.2)
+    assert (config.insights.latency_multiple, config.insights.baseline, config.insights.max_agents) == (1.5, "24h", 50)
 
 
 def test_the_example_config_is_valid_and_states_the_defaults():
     from pathlib import Path
 
-    from exporter.config import ExtractSettings, ServerSettings, WebhookSettings
+    from exporter.config import ExtractSettings, InsightSettings, ServerSettings, WebhookSettings
 
     text = (Path(__file__).resolve().parent.parent / "config" / "exporter.example.yaml").read_text()
     config = parse_config(text, {"DUVO_API_KEY": "dv_key"})
     assert config.extract == ExtractSettings()
     assert config.server == ServerSettings()
+    assert config.insights == InsightSettings()
     # the commented webhook block, uncommented, is valid too
     block = text[text.index("# webhooks:") : text.index("\nextract:")]
     uncommented = "\n".join(line.removeprefix("# ") if line.startswith("# ") else line for line in block.splitlines())
@@ -175,7 +179,8 @@ def test_filter_values_are_checked_against_what_events_carry():
     assert found == [
         "sinks[0].filter.statuses[1]: input should be 'completed', 'failed', 'stopped', 'interrupted' or 'waiting'"
         " (got 'faild')",
-        "sinks[0].filter.events[1]: input should be 'run.finished' or 'run.waiting' (got 'run.done')",
+        "sinks[0].filter.events[1]: input should be 'run.finished', 'run.waiting', 'run.summary', 'alert.started'"
+        " or 'alert.cleared' (got 'run.done')",
     ]
 
 
@@ -183,10 +188,13 @@ def test_filter_vocabulary_matches_what_the_pipeline_emits():
     from typing import get_args
 
     from exporter.transform import events
-    from sinks.base import EventStatus, EventType
+    from sinks.base import INSIGHT_EVENT_TYPES, EventStatus, EventType
 
     assert set(get_args(EventStatus)) == events.TERMINAL_STATUSES | {"waiting"}
-    assert set(get_args(EventType)) == {events.EVENT_FINISHED, events.EVENT_WAITING}
+    assert set(get_args(EventType)) == events.JOB_EVENTS | events.INSIGHT_EVENTS
+    assert {events.EVENT_FINISHED, events.EVENT_WAITING} == events.JOB_EVENTS
+    assert {events.EVENT_SUMMARY, events.EVENT_ALERT_STARTED, events.EVENT_ALERT_CLEARED} == events.INSIGHT_EVENTS
+    assert events.INSIGHT_EVENTS == INSIGHT_EVENT_TYPES
 
 
 def test_check_refuses_a_filter_typo(tmp_path):

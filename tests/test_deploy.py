@@ -64,8 +64,12 @@ METRICS = {
     "duvo_exporter_sink_stopped",
     "duvo_exporter_webhooks_received_total",
     "duvo_exporter_webhooks_queued",
+    # The Jobs' own metrics (exporter/insights), read from the state.
+    "duvo_runs_total",
+    "duvo_run_duration_seconds",
+    "duvo_agent_failure_ratio",
 }
-HISTOGRAMS = {"duvo_exporter_pass_duration_seconds"}
+HISTOGRAMS = {"duvo_exporter_pass_duration_seconds", "duvo_run_duration_seconds"}
 
 
 # -- the Dockerfile, as it is --------------------------------------------------------------------

@@ -122,3 +122,81 @@ def test_dead_letters_are_listed_and_replayed_once_fixed(sim, tmp_path):
         data = json.loads(cli("status", "--json", "--dead-letters", "--config", str(config)).stdout)
         assert data["dead_letters"] == [] and data["sinks"][0]["dead_letters"] == 0
         assert data["sinks"][0]["delivered"] == 10  # the replayed event counts as delivered
+
+
+def test_summaries_and_alerts_reach_the_sinks_that_ask_for_them_intact(sim, tmp_path):
+    """run.summary and alert.started through Datadog, Splunk HEC and Loki (strict fakes) and a
+    file: each backend's shape, no run_id invented; a sink without an events filter gets none."""
+    from datetime import UTC, datetime, timedelta
+
+    completed = datetime.now(UTC) - timedelta(seconds=600)  # before the last 5-minute step boundary
+    times = {"started_at": (completed - timedelta(seconds=40)).isoformat(), "completed_at": completed.isoformat()}
+    for status in ["failed"] * 4 + ["completed"] * 6:
+        sim.world.create_job(team_id="team-sim", status=status, agent_id="agent-x", **times)
+    asks = "filter: {events: [run.finished, run.summary, alert.started, alert.cleared]}"
+    with DatadogFake(api_key="dd-key") as dd, FakeSplunkHec(token="hec-token") as hec, FakeLoki() as loki:
+        sinks = f"""\
+- type: file
+  name: plain
+  path: {tmp_path / "plain.jsonl"}
+- type: file
+  name: asking
+  path: {tmp_path / "asking.jsonl"}
+  {asks}
+- type: datadog
+  name: dd
+  api_key: dd-key
+  url: {dd.url}
+  {asks}
+- type: splunk_hec
+  name: siem
+  url: {hec.url}
+  token: hec-token
+  index: main
+  filter: {{events: [run.summary, alert.started]}}
+- type: loki
+  name: loki
+  url: {loki.url}
+  labels: {{service: duvo}}
+  {asks}
+"""
+        config = write_config(
+            tmp_path, sim.url, sinks=sinks, extra="insights: {min_jobs: 10, windows: [1h], steps: [5m]}\n"
+        )
+        result = cli("once", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+
+        plain = [json.loads(line) for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
+        assert {e["event"] for e in plain} == {"run.finished"} and len(plain) == 10
+        asking = [json.loads(line) for line in (tmp_path / "asking.jsonl").read_text().splitlines()]
+        (summary,) = [e for e in asking if e["event"] == "run.summary"]
+        (alert,) = [e for e in asking if e["event"] == "alert.started"]
+        assert summary["agent_id"] == "agent-x" and summary["jobs"] == 10 and summary["failure_rate"] == 0.4
+        assert summary["statuses"] == {"completed": 6, "failed": 4} and summary["duration_p95_seconds"] == 40.0
+        assert alert["alert"] == "failure_rate" and alert["value"] == 0.4 and alert["threshold"] == 0.1
+        assert alert["window"] == "1h" and len(alert["example_run_ids"]) == 4
+
+        # Datadog: the event's fields as attributes, the level from the alert, a tag naming the event.
+        dd_alert = next(log for log in dd.stored if log.get("event") == "alert.started")
+        dd_summary = next(log for log in dd.stored if log.get("event") == "run.summary")
+        assert dd_alert["status"] == "error" and dd_summary["status"] == "info"
+        assert dd_alert["message"] == alert["message"] and "failure rate" in dd_alert["message"]
+        assert "duvo_event:alert.started" in dd_alert["ddtags"] and "agent:agent-x" in dd_alert["ddtags"]
+        assert dd_alert["example_run_ids"] == alert["example_run_ids"] and dd_alert["value"] == 0.4
+        assert "run_id" not in dd_alert and "job_status" not in dd_alert
+        assert dd_summary["jobs"] == 10 and dd_summary["duration_p95_seconds"] == 40.0
+
+        # Splunk: the event as sent, indexed fields without a run_id.
+        by_kind = {envelope["event"]["event"]: envelope for envelope in hec.stored}
+        assert set(by_kind) == {"run.summary", "alert.started"}  # its filter has no run.finished
+        assert by_kind["alert.started"]["event"] == alert
+        assert by_kind["run.summary"]["event"] == summary
+        assert by_kind["alert.started"]["fields"] == {"agent_id": "agent-x", "team_id": "team-sim"}
+
+        # Loki: the event type as the bounded status label, the level in structured metadata.
+        entries = {entry.event["event"]: entry for entry in loki.entries}
+        assert entries["alert.started"].labels["status"] == "alert.started"
+        assert entries["alert.started"].metadata["level"] == "error"
+        assert "run_id" not in entries["run.summary"].metadata
+        assert entries["run.summary"].event["failure_rate"] == 0.4
+        assert entries["alert.started"].event["example_run_ids"] == alert["example_run_ids"]

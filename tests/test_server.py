@@ -406,3 +406,76 @@ def test_kill_9_right_after_the_202_still_exports_the_job(sim, tmp_path):
     assert result.returncode == 0, result.stderr
     assert exported(tmp_path / "runs.jsonl")[job["id"]] == 1
     assert queued(tmp_path) == []
+
+
+def test_job_metrics_and_insight_events_come_from_the_state_and_survive_a_restart(sim, tmp_path):
+    """duvo_runs_total, duvo_run_duration_seconds and duvo_agent_failure_ratio over real HTTP, with
+    agents beyond insights.max_agents as "other"; a sink asking for summaries and alerts gets
+    them once, and a restart repeats none and keeps the metrics."""
+    from datetime import UTC, datetime, timedelta
+
+    # Completed 10 minutes ago: before the last 5-minute step boundary, so in this step's summary.
+    completed = datetime.now(UTC) - timedelta(seconds=600)
+    times = {"started_at": (completed - timedelta(seconds=30)).isoformat(), "completed_at": completed.isoformat()}
+    for status, count in (("completed", 12), ("failed", 3)):
+        for _ in range(count):
+            sim.world.create_job(team_id="team-sim", status=status, agent_id="agent-a", **times)
+    for _ in range(5):
+        sim.world.create_job(team_id="team-sim", status="failed", agent_id="agent-b", **times)
+    port = stable_port()
+    sinks = f"""\
+- type: file
+  name: local
+  path: {tmp_path / "runs.jsonl"}
+  batch: {{flush_interval: 0}}
+  filter: {{events: [run.finished, run.summary, alert.started, alert.cleared]}}
+"""
+    config = configure(tmp_path, sim, port, every="1h", webhooks=False, sinks=sinks)
+    insights = "insights: {min_jobs: 5, max_agents: 1, steps: [5m, 5m]}\n"
+    config.write_text(config.read_text().replace("sinks:\n", insights + "sinks:\n", 1))
+
+    def lines() -> list[dict]:
+        import json
+
+        path = tmp_path / "runs.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def insight_events() -> list[dict]:
+        return [e for e in lines() if e["event"] != "run.finished"]
+
+    d = Daemon(config, tmp_path / "daemon.log", port).start()
+    try:
+        assert wait_for(lambda: len(lines()) == 28), lines()  # 20 Jobs, 4 summaries, 4 alerts
+        text = d.get("/metrics").text
+    finally:
+        assert d.stop() == 0
+    assert metric(text, "duvo_runs_total", team="team-sim", agent="agent-a", status="completed") == 12
+    assert metric(text, "duvo_runs_total", team="team-sim", agent="agent-a", status="failed") == 3
+    assert metric(text, "duvo_runs_total", team="team-sim", agent="other", status="failed") == 5
+    assert "agent-b" not in text
+    assert metric(text, "duvo_run_duration_seconds_count", team="team-sim") == 20
+    assert metric(text, "duvo_run_duration_seconds_sum", team="team-sim") == 600
+    assert metric(text, "duvo_run_duration_seconds_bucket", team="team-sim", le="15.0") == 0
+    assert metric(text, "duvo_run_duration_seconds_bucket", team="team-sim", le="30.0") == 20
+    assert metric(text, "duvo_agent_failure_ratio", team="team-sim", agent="agent-a", window="1h") == 0.2
+    assert metric(text, "duvo_agent_failure_ratio", team="team-sim", agent="other", window="24h") == 1.0
+    events = insight_events()
+    summaries = {(e["agent_id"], e["window"]): e for e in events if e["event"] == "run.summary"}
+    assert set(summaries) == {("agent-a", "1h"), ("agent-a", "24h"), ("agent-b", "1h"), ("agent-b", "24h")}
+    assert summaries[("agent-a", "1h")]["jobs"] == 15 and summaries[("agent-a", "1h")]["failure_rate"] == 0.2
+    assert summaries[("agent-a", "1h")]["duration_p95_seconds"] == 30.0
+    started = {(e["agent_id"], e["window"]) for e in events if e["event"] == "alert.started"}
+    assert started == set(summaries)
+    # A restart: the next pass repeats no summary (same step) and no alert; the metrics stay.
+    d = Daemon(config, tmp_path / "daemon.log", port).start()
+    try:
+        assert wait_for(lambda: metric(d.get("/metrics").text, "duvo_exporter_passes_total", outcome="ok") == 1)
+        again = d.get("/metrics").text
+    finally:
+        assert d.stop() == 0
+    assert metric(again, "duvo_runs_total", team="team-sim", agent="agent-a", status="completed") == 12
+    assert metric(again, "duvo_exporter_jobs_extracted_total") == 0
+    # Summaries of a new step may appear if the pass crossed a 5-minute boundary; alerts never.
+    assert [e for e in insight_events() if e["event"].startswith("alert.")] == [
+        e for e in events if e["event"].startswith("alert.")
+    ]

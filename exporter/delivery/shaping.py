@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from exporter.transform.events import INSIGHT_EVENTS
 from sinks.settings import FieldSettings, FilterSettings
 
 
@@ -20,11 +21,20 @@ class EventShaper:
         self.identity = self._include is None and not self._exclude and not self._rename
 
     def accepts(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event")
+        if kind in INSIGHT_EVENTS:
+            # Summaries and alerts only to a sink that asks for them; they have no Job status.
+            return (
+                self._events is not None
+                and kind in self._events
+                and (self._agents is None or event.get("agent_id") in self._agents)
+                and (self._teams is None or event.get("team_id") in self._teams)
+            )
         return (
             (self._statuses is None or event.get("status") in self._statuses)
             and (self._agents is None or event.get("agent_id") in self._agents)
             and (self._teams is None or event.get("team_id") in self._teams)
-            and (self._events is None or event.get("event") in self._events)
+            and (self._events is None or kind in self._events)
         )
 
     def shape(self, event: dict[str, Any]) -> dict[str, Any]:

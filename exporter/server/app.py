@@ -159,7 +159,9 @@ def start_server(exporter: Exporter) -> Server:
     config = exporter.config
     address = config.server.address
     assert address is not None
-    registry, observer, collector = build_registry(config.state.path, config.duvo.team_ids, exporter.sink_names)
+    registry, observer, collector = build_registry(
+        config.state.path, config.duvo.team_ids, exporter.sink_names, config.insights
+    )
     exporter.set_observer(observer)
     receiver: WebhookReceiver | None = None
     if config.webhooks is not None and exporter.webhooks is not None:

@@ -8,17 +8,20 @@ restart.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporter.config import InsightSettings
+from exporter.insights.aggregates import aggregate
 from exporter.observe import Observer
-from exporter.state.store import StateStore
+from exporter.state.store import DURATION_BUCKETS, StateStore
 from transport import timestamps
 
 log = structlog.get_logger(__name__)
@@ -114,11 +117,13 @@ class StateCollector(Collector):
         teams: Sequence[str],
         sinks: Sequence[str],
         clock: Callable[[], float] = time.time,
+        insights: InsightSettings | None = None,
     ) -> None:
         self.state_path = state_path
         self.teams = list(teams)
         self.sinks = list(sinks)
         self.clock = clock
+        self.insights = insights if insights is not None else InsightSettings()
         self._lock = threading.Lock()  # scrapes may overlap; the connection is one
         self._store: StateStore | None = None
 
@@ -169,17 +174,71 @@ class StateCollector(Collector):
                     oldest.add_metric([sink], max(0.0, now - enqueued_at) if enqueued_at is not None else 0.0)
                     stopped.add_metric([sink], 1.0 if cursor.stopped_reason else 0.0)
                 queued.add_metric([], store.webhooks_queued())
+                job_metrics = self._job_metrics(store, now)
         except Exception as exc:  # StateError, sqlite3 errors: a scrape must not break the server
             log.warning("metrics: could not read the state file", error=str(exc))
             self.close()
-        yield from (open_jobs, lag, backlog, oldest, stopped, queued)
+            job_metrics = self._job_metrics(None, 0.0)
+        yield from (open_jobs, lag, backlog, oldest, stopped, queued, *job_metrics)
+
+    def _job_metrics(self, store: StateStore | None, now: float) -> list[Metric]:
+        """The Jobs' own metrics (exporter/insights), from the state: cumulative counts and the
+        duration histogram since the state file began (true counters across restarts), and each
+        Assignment's failure ratio over the insight windows. At most ``insights.max_agents``
+        agents are labelled, the first seen; the rest add up under agent="other"."""
+        runs = CounterMetricFamily(
+            "duvo_runs", "Finished Duvo Jobs by team, Assignment and status", labels=["team", "agent", "status"]
+        )
+        durations = HistogramMetricFamily(
+            "duvo_run_duration_seconds", "Duration of finished Duvo Jobs (completed_at - started_at)", labels=["team"]
+        )
+        ratio = GaugeMetricFamily(
+            "duvo_agent_failure_ratio",
+            "Failed / finished Jobs of an Assignment over the window (absent without Jobs)",
+            labels=["team", "agent", "window"],
+        )
+        if store is None:
+            return [runs, durations, ratio]
+        labelled: set[tuple[str, str]] = set()
+        counts: dict[tuple[str, str, str], int] = {}
+        for team, agent, status, count, _first in store.run_totals():
+            if (team, agent) not in labelled and len(labelled) < self.insights.max_agents:
+                labelled.add((team, agent))
+            shown = agent if (team, agent) in labelled else OTHER_AGENT
+            counts[(team, shown, status)] = counts.get((team, shown, status), 0) + count
+        for labels, count in sorted(counts.items()):
+            runs.add_metric(list(labels), count)
+        for team, (_count, total, buckets) in store.duration_totals().items():
+            cumulative, running = [], 0
+            for bound, in_bucket in zip((*DURATION_BUCKETS, math.inf), buckets, strict=True):
+                running += in_bucket
+                cumulative.append((_le(bound), running))
+            durations.add_metric([team], cumulative, sum_value=total)
+        rows = store.fact_rows(now - max(w for _, w, _ in self.insights.window_seconds), math.inf)
+        for name, window, _step in self.insights.window_seconds:
+            totals: dict[tuple[str, str], list[int]] = {}
+            for (team, agent), agg in aggregate(rows, now - window).items():
+                shown = agent if (team, agent) in labelled else OTHER_AGENT
+                pair = totals.setdefault((team, shown), [0, 0])
+                pair[0] += agg.failed
+                pair[1] += agg.jobs
+            for (team, agent), (failed, jobs) in sorted(totals.items()):
+                ratio.add_metric([team, agent, name], failed / jobs)
+        return [runs, durations, ratio]
+
+
+OTHER_AGENT = "other"
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(float(bound))
 
 
 def build_registry(
-    state_path: str, teams: Sequence[str], sinks: Sequence[str]
+    state_path: str, teams: Sequence[str], sinks: Sequence[str], insights: InsightSettings | None = None
 ) -> tuple[CollectorRegistry, PrometheusObserver, StateCollector]:
     registry = CollectorRegistry(auto_describe=False)
     observer = PrometheusObserver(registry, sinks)
-    collector = StateCollector(state_path, teams, sinks)
+    collector = StateCollector(state_path, teams, sinks, insights=insights)
     registry.register(collector)
     return registry, observer, collector

@@ -160,7 +160,7 @@ class WindowLister(Extractor):
                 edge.add(run_id)
             status = row.get("status")
             if status in run_events.TERMINAL_STATUSES:
-                _, event = self._classify(team, row, None, now, exported_at)
+                _, event, _fact = self._classify(team, row, None, now, exported_at)
                 if event is not None:
                     events.append(event)
             else:

@@ -33,9 +33,10 @@ import structlog
 
 from exporter import jsoncodec
 from exporter.config import ExtractSettings, start_moment
+from exporter.insights.facts import fact_from_event
 from exporter.source.duvo_client import DuvoError
 from exporter.source.sweep import SweepPlan, page_allowance, plan_sweep
-from exporter.state.store import KnownRun, RunUpdate, StateStore
+from exporter.state.store import KnownRun, RunFact, RunUpdate, StateStore
 from exporter.transform import events as run_events
 from transport import timestamps
 from transport.durations import parse_duration
@@ -463,22 +464,27 @@ class Extractor:
         known = self.store.known_runs([str(row["id"]) for row in rows])
         updates: list[RunUpdate] = []
         events: list[tuple[str, str, str]] = []
+        facts: list[RunFact] = []
         for row in rows:
-            update, event = self._classify(team, row, known.get(str(row["id"])), now, exported_at)
+            update, event, fact = self._classify(team, row, known.get(str(row["id"])), now, exported_at)
             if update is not None:
                 updates.append(update)
             if event is not None:
                 events.append(event)
+            if fact is not None:
+                facts.append(fact)
         report.runs_seen += len(rows)
+        # Every terminal event of a pass or a webhook passes here: its fact for the insights goes
+        # into the same transaction as the event.
         report.events += self.store.commit_extraction(
-            team, updates, events, checkpoint, gone=gone, checked_at=now, also=also
+            team, updates, events, checkpoint, gone=gone, checked_at=now, also=also, facts=facts
         )
 
     def _classify(
         self, team: str, run: dict[str, Any], known: KnownRun | None, now: float, exported_at: str
-    ) -> tuple[RunUpdate | None, tuple[str, str, str] | None]:
+    ) -> tuple[RunUpdate | None, tuple[str, str, str] | None, RunFact | None]:
         if known is not None and known.terminal:
-            return None, None  # exported already; a terminal outcome is final
+            return None, None, None  # exported already; a terminal outcome is final
         run_id = str(run["id"])
         status = run.get("status")
         if not isinstance(status, str) or not status:
@@ -502,9 +508,13 @@ class Extractor:
                 else:
                     event_name = run_events.EVENT_WAITING
         body: tuple[str, str, str] | None = None
+        fact: RunFact | None = None
         if event_name is not None and event_id is not None:
             event = run_events.build(run, team, event_name, exported_at, event_id=event_id, created_at=source_created)
-            body = (run_id, event_id, jsoncodec.dumps(event.to_dict()))
+            fields = event.to_dict()
+            body = (run_id, event_id, jsoncodec.dumps(fields))
+            if terminal:
+                fact = fact_from_event(fields, now)
         update = RunUpdate(
             run_id=run_id,
             team_id=team,
@@ -514,7 +524,7 @@ class Extractor:
             next_check_at=None if terminal else now + self._recheck_after(created, now),
             last_event_id=event_id if body is not None else None,
         )
-        return update, body
+        return update, body, fact
 
     def _recheck_after(self, created_at: str, now: float) -> float:
         moment = timestamps.parse(created_at)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 APPLICATION_ID = 0x4455564F  # "DUVO": tells our files from any other SQLite database
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES_V1 = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -104,7 +104,52 @@ CREATE TABLE IF NOT EXISTS backfills (
 );
 """
 
-_SCHEMA = _TABLES_V1 + _TABLES_V2
+_TABLES_V3 = """
+CREATE TABLE IF NOT EXISTS run_facts (
+    run_id       TEXT PRIMARY KEY,   -- one per finished Job: a repeat is ignored
+    team_id      TEXT NOT NULL,
+    agent_id     TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    completed_at REAL NOT NULL,      -- epoch seconds: the Job's completed_at, else when it was read
+    duration     REAL,               -- completed_at - started_at in seconds, NULL when unknown
+    recovered    INTEGER NOT NULL DEFAULT 0  -- retried, then succeeded (diagnosis.recovered)
+);
+CREATE INDEX IF NOT EXISTS run_facts_agent ON run_facts(team_id, agent_id, completed_at);
+CREATE INDEX IF NOT EXISTS run_facts_time ON run_facts(completed_at);
+CREATE TABLE IF NOT EXISTS run_totals (
+    team_id    TEXT NOT NULL,
+    agent_id   TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    count      INTEGER NOT NULL,
+    first_seen REAL NOT NULL,        -- orders agents for the bounded metric labels
+    PRIMARY KEY (team_id, agent_id, status)
+);
+CREATE TABLE IF NOT EXISTS duration_totals (
+    team_id TEXT PRIMARY KEY,
+    count   INTEGER NOT NULL,
+    sum     REAL NOT NULL,
+    buckets TEXT NOT NULL            -- JSON list: Jobs per histogram bucket (not cumulative)
+);
+CREATE TABLE IF NOT EXISTS insight_summaries (
+    team_id  TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    win      TEXT NOT NULL,   -- the window as configured (1h)
+    last_end REAL NOT NULL,          -- the window step end of the last run.summary emitted
+    PRIMARY KEY (team_id, agent_id, win)
+);
+CREATE TABLE IF NOT EXISTS insight_alerts (
+    kind      TEXT NOT NULL,         -- failure_rate, latency
+    team_id   TEXT NOT NULL,
+    agent_id  TEXT NOT NULL,
+    win       TEXT NOT NULL,
+    since     REAL NOT NULL,         -- the episode's start: names its event_ids
+    value     REAL NOT NULL,         -- the last value evaluated
+    threshold REAL NOT NULL,
+    PRIMARY KEY (kind, team_id, agent_id, win)
+);
+"""
+
+_SCHEMA = _TABLES_V1 + _TABLES_V2 + _TABLES_V3
 
 
 def _statements(script: str) -> list[str]:
@@ -114,6 +159,7 @@ def _statements(script: str) -> list[str]:
 # The statements that take a state file from version N-1 to N, run in one transaction.
 _MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE outbox ADD COLUMN sink TEXT", *_statements(_TABLES_V2)],
+    3: _statements(_TABLES_V3),
 }
 
 
@@ -144,6 +190,34 @@ class RunUpdate:
     terminal: bool
     next_check_at: float | None
     last_event_id: str | None
+
+
+@dataclass(frozen=True)
+class RunFact:
+    """What the insights keep of one finished Job (exporter/insights)."""
+
+    run_id: str
+    team_id: str
+    agent_id: str
+    status: str
+    completed_at: float  # epoch seconds
+    duration: float | None
+    recovered: bool
+
+
+# Fixed buckets of the duvo_run_duration_seconds histogram (seconds; +Inf is implied).
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
+
+
+@dataclass(frozen=True)
+class AlertEpisode:
+    kind: str
+    team_id: str
+    agent_id: str
+    window: str
+    since: float
+    value: float
+    threshold: float
 
 
 @dataclass(frozen=True)
@@ -324,10 +398,12 @@ class StateStore:
         gone: Iterable[str] = (),
         checked_at: float | None = None,
         also: Callable[[sqlite3.Connection], None] | None = None,
+        facts: Iterable[RunFact] = (),
     ) -> int:
         """Write what one page (or one batch of re-checks) taught us, atomically.
 
-        ``events`` are (run_id, event_id, body). Returns the number of events enqueued."""
+        ``events`` are (run_id, event_id, body); ``facts`` the finished Jobs among them, for the
+        insights. Returns the number of events enqueued."""
         now = checked_at if checked_at is not None else time.time()
         rows = [
             (
@@ -358,6 +434,7 @@ class StateStore:
             conn.executemany("DELETE FROM runs WHERE run_id = ? AND terminal = 0", [(run_id,) for run_id in gone])
             if checkpoint is not None:
                 self._advance_checkpoint(conn, team_id, checkpoint)
+            self._record_facts(conn, facts)
             if also is not None:
                 also(conn)  # e.g. dropping the webhook queue row this commit answers
         return len(outbox)
@@ -718,6 +795,152 @@ class StateStore:
             (after, sink),
         ).fetchone()
         return row[0], row[1]
+
+    # ---- insights ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _record_facts(conn: sqlite3.Connection, facts: Iterable[RunFact]) -> None:
+        """Inside commit_extraction's transaction: each finished Job once (by run_id) into the
+        facts and the cumulative totals behind duvo_runs_total and duvo_run_duration_seconds."""
+        hist: dict[str, tuple[int, float, list[int]]] = {}
+        for fact in facts:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO run_facts(run_id, team_id, agent_id, status, completed_at, duration, "
+                "recovered) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    fact.run_id,
+                    fact.team_id,
+                    fact.agent_id,
+                    fact.status,
+                    fact.completed_at,
+                    fact.duration,
+                    int(fact.recovered),
+                ),
+            ).rowcount
+            if not inserted:
+                continue
+            conn.execute(
+                "INSERT INTO run_totals(team_id, agent_id, status, count, first_seen) VALUES (?, ?, ?, 1, ?) "
+                "ON CONFLICT(team_id, agent_id, status) DO UPDATE SET count = count + 1",
+                (fact.team_id, fact.agent_id, fact.status, time.time()),
+            )
+            if fact.duration is None:
+                continue
+            if fact.team_id not in hist:
+                row = conn.execute(
+                    "SELECT count, sum, buckets FROM duration_totals WHERE team_id = ?", (fact.team_id,)
+                ).fetchone()
+                hist[fact.team_id] = (
+                    (row[0], row[1], json.loads(row[2])) if row else (0, 0.0, [0] * (len(DURATION_BUCKETS) + 1))
+                )
+            count, total, buckets = hist[fact.team_id]
+            index = next((i for i, le in enumerate(DURATION_BUCKETS) if fact.duration <= le), len(DURATION_BUCKETS))
+            buckets[index] += 1
+            hist[fact.team_id] = (count + 1, total + fact.duration, buckets)
+        for team, (count, total, buckets) in hist.items():
+            conn.execute(
+                "INSERT INTO duration_totals(team_id, count, sum, buckets) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(team_id) DO UPDATE SET count = excluded.count, sum = excluded.sum, "
+                "buckets = excluded.buckets",
+                (team, count, total, json.dumps(buckets)),
+            )
+
+    def prune_facts(self, before: float) -> int:
+        """Forget the facts of Jobs completed before ``before`` (with insights off, nothing else does)."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM run_facts WHERE completed_at < ?", (before,)).rowcount
+
+    def fact_rows(self, since: float, until: float) -> list[tuple[str, str, str, str, float, float | None, int]]:
+        """(team, agent, run_id, status, completed_at, duration, recovered) of the Jobs that
+        completed in [since, until), by Assignment then time."""
+        return list(
+            self._conn.execute(
+                "SELECT team_id, agent_id, run_id, status, completed_at, duration, recovered FROM run_facts "
+                "WHERE completed_at >= ? AND completed_at < ? ORDER BY team_id, agent_id, completed_at, run_id",
+                (since, until),
+            )
+        )
+
+    def assignments_since(self, since: float) -> list[tuple[str, str]]:
+        """Every (team, agent) with a Job completed at or after ``since``."""
+        return list(
+            self._conn.execute(
+                "SELECT DISTINCT team_id, agent_id FROM run_facts WHERE completed_at >= ? ORDER BY 1, 2", (since,)
+            )
+        )
+
+    def run_totals(self) -> list[tuple[str, str, str, int, float]]:
+        """(team, agent, status, count, first_seen), agents in the order they were first seen."""
+        return list(
+            self._conn.execute(
+                "SELECT team_id, agent_id, status, count, "
+                "min(first_seen) OVER (PARTITION BY team_id, agent_id) AS agent_first "
+                "FROM run_totals ORDER BY agent_first, team_id, agent_id, status"
+            )
+        )
+
+    def duration_totals(self) -> dict[str, tuple[int, float, list[int]]]:
+        return {
+            team: (count, total, json.loads(buckets))
+            for team, count, total, buckets in self._conn.execute(
+                "SELECT team_id, count, sum, buckets FROM duration_totals ORDER BY team_id"
+            )
+        }
+
+    def summary_ends(self) -> dict[tuple[str, str, str], float]:
+        """(team, agent, window) -> the step end of the last run.summary emitted."""
+        return {
+            (team, agent, window): end
+            for team, agent, window, end in self._conn.execute(
+                "SELECT team_id, agent_id, win, last_end FROM insight_summaries"
+            )
+        }
+
+    def alert_episodes(self) -> dict[tuple[str, str, str, str], AlertEpisode]:
+        """(kind, team, agent, window) -> the active episode."""
+        rows = self._conn.execute(
+            "SELECT kind, team_id, agent_id, win, since, value, threshold FROM insight_alerts"
+        )
+        return {(r[0], r[1], r[2], r[3]): AlertEpisode(*r) for r in rows}
+
+    def commit_insights(
+        self,
+        events: Sequence[tuple[str, str, str]],
+        *,
+        summaries: Sequence[tuple[str, str, str, float]],
+        started: Sequence[AlertEpisode],
+        updated: Sequence[AlertEpisode],
+        cleared: Sequence[tuple[str, str, str, str]],
+        prune_before: float,
+    ) -> int:
+        """Enqueue the summaries' and alerts' events ((event_id, body, sink): one row per sink that
+        asked for them) with the state that says they were emitted, in one transaction: a crash
+        emits them once or not yet."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO outbox(run_id, event_id, body, enqueued_at, sink) VALUES ('', ?, ?, ?, ?)",
+                [(event_id, body, now, sink) for event_id, body, sink in events],
+            )
+            conn.executemany(
+                "INSERT INTO insight_summaries(team_id, agent_id, win, last_end) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(team_id, agent_id, win) DO UPDATE SET last_end = excluded.last_end",
+                summaries,
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO insight_alerts(kind, team_id, agent_id, win, since, value, threshold) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.kind, e.team_id, e.agent_id, e.window, e.since, e.value, e.threshold)
+                    for e in (*started, *updated)
+                ],
+            )
+            conn.executemany(
+                "DELETE FROM insight_alerts WHERE kind = ? AND team_id = ? AND agent_id = ? AND win = ?", cleared
+            )
+            conn.execute("DELETE FROM run_facts WHERE completed_at < ?", (prune_before,))
+            conn.execute("DELETE FROM insight_summaries WHERE last_end < ?", (prune_before,))
+        return len(events)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,13 @@ KNOWN_OPEN_STATUSES = frozenset({"pending", "starting", "running", "waiting"})
 
 EVENT_FINISHED = "run.finished"  # the Job reached a terminal status
 EVENT_WAITING = "run.waiting"  # the Job paused for human input (emit: transitions)
+# Insights (exporter/insights): per Assignment, not per Job; they carry no run_id. Sinks get them
+# only when their filter.events names them.
+EVENT_SUMMARY = "run.summary"  # health aggregates of an Assignment over a window, once per step
+EVENT_ALERT_STARTED = "alert.started"  # an Assignment's failure rate or p95 duration crossed a threshold
+EVENT_ALERT_CLEARED = "alert.cleared"  # ... and went back below it (with hysteresis)
+JOB_EVENTS = frozenset({EVENT_FINISHED, EVENT_WAITING})
+INSIGHT_EVENTS = frozenset({EVENT_SUMMARY, EVENT_ALERT_STARTED, EVENT_ALERT_CLEARED})
 
 
 @dataclass(frozen=True)
