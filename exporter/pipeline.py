@@ -15,6 +15,7 @@ from exporter.delivery.worker import SinkWorker
 from exporter.observe import NULL_OBSERVER, Observer
 from exporter.source.duvo_client import DuvoClient
 from exporter.source.extraction import DuvoSource, Extractor, PassReport
+from exporter.source.message_log import Diagnoser
 from exporter.source.webhook_queue import WebhookProcessor
 from exporter.state.lock import StateLock
 from exporter.state.pass_record import LAST_PASS_KEY, PassRecord
@@ -72,6 +73,13 @@ class Exporter:
                 max_outbox_events=config.state.max_outbox_events,
                 seen_retention=parse_duration(config.state.seen_retention),
             )
+            # One diagnosis budget for the pass and the webhook thread (README "Diagnosis").
+            self.diagnoser: Diagnoser | None = None
+            if config.diagnose.enabled and hasattr(self.source, "list_messages"):
+                self.diagnoser = Diagnoser(
+                    self.source, config.diagnose, budget=config.diagnosis_budget(), page_size=config.duvo.page_size
+                )
+                self.extractor.diagnoser = self.diagnoser
             built = dict(sinks) if sinks is not None else {s.name: build_sink(s) for s in enabled}
             self.workers = [
                 SinkWorker(
@@ -106,6 +114,7 @@ class Exporter:
                     webhook_store,
                     config.duvo.team_ids,
                 )
+                self.webhooks.extractor.diagnoser = self.diagnoser
                 self.webhooks.on_exported = self._wake_sinks
         except BaseException:
             self.store.close()
@@ -153,6 +162,8 @@ class Exporter:
             sweep_pages=report.sweep_pages,
             sweeps_incomplete=report.sweeps_incomplete,
             rechecked=report.rechecked,
+            diagnosis_requests=report.diagnosis_requests,
+            held_for_diagnosis=report.held,
             halted=report.halted,
         )
         self._wake_sinks()

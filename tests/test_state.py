@@ -146,9 +146,9 @@ def test_a_version_1_state_is_migrated_in_place_and_keeps_everything(tmp_path):
         assert [(e.run_id, e.sink) for e in store.read_outbox(0, 10, 10_000)] == [("r1", None)]
         assert store.cursor("s").delivered == 5
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"webhook_queue", "backfills"} <= tables
+    assert {"webhook_queue", "backfills", "diagnosis_held"} <= tables
     conn.close()
 
 

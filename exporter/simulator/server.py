@@ -294,6 +294,9 @@ class App:
                     raise ValueError("status is required")
                 job = self.world.set_status(run_id, payload["status"], payload.get("pending_human_request"))
                 return _json(200, job)
+            case ("POST", "jobs", run_id, "messages"):
+                payload = _json_body(body)
+                return _json(200, {"total": self.world.set_messages(run_id, payload.get("messages"))})
             case ("DELETE", "jobs", run_id):
                 if not self.world.delete(run_id):
                     raise KeyError(run_id)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 APPLICATION_ID = 0x4455564F  # "DUVO": tells our files from any other SQLite database
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES_V1 = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -104,7 +104,17 @@ CREATE TABLE IF NOT EXISTS backfills (
 );
 """
 
-_SCHEMA = _TABLES_V1 + _TABLES_V2
+_TABLES_V3 = """
+CREATE TABLE IF NOT EXISTS diagnosis_held (
+    run_id   TEXT PRIMARY KEY,   -- a finished Job whose event waits (at most one pass) for its diagnosis
+    team_id  TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    body     TEXT NOT NULL,      -- the event without its diagnosis
+    held_at  REAL NOT NULL
+);
+"""
+
+_SCHEMA = _TABLES_V1 + _TABLES_V2 + _TABLES_V3
 
 
 def _statements(script: str) -> list[str]:
@@ -114,6 +124,7 @@ def _statements(script: str) -> list[str]:
 # The statements that take a state file from version N-1 to N, run in one transaction.
 _MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE outbox ADD COLUMN sink TEXT", *_statements(_TABLES_V2)],
+    3: [*_statements(_TABLES_V3)],
 }
 
 
@@ -718,6 +729,61 @@ class StateStore:
             (after, sink),
         ).fetchone()
         return row[0], row[1]
+
+    # ---- diagnosis ---------------------------------------------------------------------------
+
+    @staticmethod
+    def hold_for_diagnosis(conn: sqlite3.Connection, team_id: str, held: Sequence[tuple[str, str, str]]) -> None:
+        """Inside the extraction transaction that records the Jobs as finished: their events
+        (run_id, event_id, body) wait here for a diagnosis instead of entering the outbox."""
+        now = time.time()
+        conn.executemany(
+            "INSERT OR IGNORE INTO diagnosis_held(run_id, team_id, event_id, body, held_at) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, team_id, event_id, body, now) for run_id, event_id, body in held],
+        )
+
+    def held_for_diagnosis(self, run_ids: Sequence[str] | None = None, limit: int = 100_000) -> list[HeldEvent]:
+        """Held events, oldest first (only those of ``run_ids`` if given)."""
+        if run_ids is not None:
+            marks = ",".join("?" * len(run_ids)) or "NULL"
+            rows = self._conn.execute(
+                f"SELECT run_id, team_id, event_id, body, held_at FROM diagnosis_held WHERE run_id IN ({marks}) "
+                "ORDER BY held_at, run_id",
+                list(run_ids),
+            )
+        else:
+            rows = self._conn.execute(
+                "SELECT run_id, team_id, event_id, body, held_at FROM diagnosis_held ORDER BY held_at, run_id LIMIT ?",
+                (limit,),
+            )
+        return [HeldEvent(*row) for row in rows]
+
+    def release_held(self, events: Sequence[tuple[str, str, str]]) -> int:
+        """Enqueue held events (run_id, event_id, body with its diagnosis) and forget them, atomically.
+        An event already released (by another thread) is not enqueued twice."""
+        now = time.time()
+        released = 0
+        with self.transaction() as conn:
+            for run_id, event_id, body in events:
+                if conn.execute("DELETE FROM diagnosis_held WHERE run_id = ?", (run_id,)).rowcount:
+                    conn.execute(
+                        "INSERT INTO outbox(run_id, event_id, body, enqueued_at) VALUES (?, ?, ?, ?)",
+                        (run_id, event_id, body, now),
+                    )
+                    released += 1
+        return released
+
+    def held_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM diagnosis_held").fetchone()[0]
+
+
+@dataclass(frozen=True)
+class HeldEvent:
+    run_id: str
+    team_id: str
+    event_id: str
+    body: str  # the event without its diagnosis
+    held_at: float
 
 
 @dataclass(frozen=True)
