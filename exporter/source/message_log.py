@@ -28,8 +28,8 @@ log = structlog.get_logger(__name__)
 
 class MessageSource(Protocol):
     def list_messages(
-        self, run_id: str, *, offset: int = 0, limit: int = 100
-    ) -> tuple[list[dict[str, Any]], int | None]: ...
+        self, run_id: str, *, offset: int = 0, limit: int = 100, keep_malformed: bool = False
+    ) -> tuple[list[Any], int | None]: ...
 
 
 class Diagnoser:
@@ -76,7 +76,7 @@ class Diagnoser:
 
     def _take(self) -> bool:
         with self._lock:
-            if self._left <= 0 or self._down:
+            if self._left <= 0:
                 return False
             self._left -= 1
             self.requests += 1
@@ -87,6 +87,11 @@ class Diagnoser:
     def diagnose(self, run: dict[str, Any]) -> dict[str, Any] | None:
         """The Job's diagnosis, or None when the budget has no request left for it (the caller
         holds the Job for the next pass). Never raises for an API failure."""
+        with self._lock:
+            down = self._down
+        if down:
+            # Never wait on an API that just failed: out now, saying why.
+            return diag.unavailable("the messages endpoint failed earlier in this pass", run)
         if not self._take():
             return None
         run_id = str(run.get("id"))
@@ -94,12 +99,12 @@ class Diagnoser:
         status = status if isinstance(status, str) else None
         chars = self.settings.error_chars
         try:
-            head, total = self.source.list_messages(run_id, offset=0, limit=self.page_size)
+            head, total = self.source.list_messages(run_id, offset=0, limit=self.page_size, keep_malformed=True)
         except (DuvoError, ValueError) as exc:
             self.unavailable += 1
             if isinstance(exc, DuvoUnavailable):
-                # Retries are spent already; more logs now would only stretch the pass. The Jobs
-                # still held wait for the next pass (or go out as unavailable if held before it).
+                # Retries are spent already; more logs now would only stretch the pass. The other
+                # Jobs of this pass go out as unavailable too, without a request.
                 with self._lock:
                     self._down = True
             log.warning("could not read the job's message log; exported without diagnosis", run_id=run_id,
@@ -111,14 +116,16 @@ class Diagnoser:
             complete = total is not None or len(head) < self.page_size
             return diag.diagnose(head, status, total=total, complete=complete, run=run, error_chars=chars)
         # A longer log: its tail, from the last page backwards, as far as max_pages and the budget allow.
-        tail: list[dict[str, Any]] = []
+        tail: list[Any] = []
         start = total
         pages = 1
         while start > len(head) and pages < self.settings.max_pages and self._take():
             pages += 1
             offset = max(len(head), start - self.page_size)
             try:
-                page, _ = self.source.list_messages(run_id, offset=offset, limit=start - offset)
+                page, _ = self.source.list_messages(
+                    run_id, offset=offset, limit=start - offset, keep_malformed=True
+                )
             except (DuvoError, ValueError) as exc:
                 log.info("could not read the rest of the job's message log", run_id=run_id, error=redact(str(exc)))
                 break

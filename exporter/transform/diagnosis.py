@@ -137,7 +137,7 @@ def _diagnose(
                 break
             later += 1
         name = _tool_name(calls[position][1])
-        retried = later < len(calls) and calls[later][2] == identity
+        retried = position + 1 < len(calls) and calls[position + 1][2] == identity
         if retried:
             retries[name] = retries.get(name, 0) + 1
         if not fixed:
