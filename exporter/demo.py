@@ -82,7 +82,8 @@ def _progress(number: int, report: object, exporter: Exporter, output: Path) -> 
     delivered = _count_lines(output)
     _say(
         f"  pass {number:>2}: {getattr(report, 'requests', 0):>3} requests, "
-        f"{getattr(report, 'events', 0):>4} new events; open Jobs tracked {stats['open']:>4}; "
+        f"{getattr(report, 'events', 0):>4} new events, {getattr(report, 'diagnosis_requests', 0):>3} logs read; "
+        f"open Jobs tracked {stats['open']:>4}; "
         f"written to file {delivered:>5}"
     )
 

@@ -168,3 +168,28 @@ def test_the_simulator_serves_scripted_logs_paged(sim):
     answer = requests.post(f"{sim.control_url}/jobs/{run_id}/messages", json={"messages": [{"n": 1}]}, timeout=5)
     assert answer.json() == {"total": 1}
     assert requests.get(url, headers=headers, timeout=5).json() == {"messages": [{"n": 1}], "total": 1}
+
+
+def test_a_webhooks_job_is_read_at_once_and_waits_when_the_budget_is_spent(sim, tmp_path):
+    """The webhook thread's Extractor shares the pass's Diagnoser: within budget the event goes out
+    with its diagnosis at once; beyond it the Job is held and the next pass releases it."""
+    from exporter.config import DiagnoseSettings, ExtractSettings
+    from exporter.source.duvo_client import DuvoClient
+    from exporter.source.extraction import Extractor
+    from exporter.source.message_log import Diagnoser
+    from exporter.state.store import StateStore
+
+    first = job(sim, "failed", [call(1, "x", TIMEOUT)])
+    second = job(sim, "failed", [call(1, "y", TIMEOUT)])
+    with DuvoClient(sim.url, "dv_sim_key", requests_per_minute=60_000) as client:
+        store = StateStore(str(tmp_path / "s.db"))
+        extractor = Extractor(client, store, ["team-sim"], ExtractSettings(), start_from="beginning")
+        extractor.diagnoser = Diagnoser(client, DiagnoseSettings(), budget=1)
+        assert extractor.apply_fetched("team-sim", client.get_run(first)) == 1
+        assert extractor.apply_fetched("team-sim", client.get_run(second)) == 0  # held: no budget left
+        assert [h.run_id for h in store.held_for_diagnosis()] == [second]
+        extractor.run_pass()
+        bodies = [json.loads(e.body) for e in store.read_outbox(0, 100, 10_000_000)]
+        assert {b["run_id"]: b["diagnosis"]["failure"]["tool"] for b in bodies} == {first: "x", second: "y"}
+        assert store.held_count() == 0
+        store.close()
