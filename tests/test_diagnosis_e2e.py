@@ -193,3 +193,25 @@ def test_a_webhooks_job_is_read_at_once_and_waits_when_the_budget_is_spent(sim, 
         assert {b["run_id"]: b["diagnosis"]["failure"]["tool"] for b in bodies} == {first: "x", second: "y"}
         assert store.held_count() == 0
         store.close()
+
+
+def test_every_sink_carries_the_diagnosis_and_the_flags_nested():
+    """Datadog: nested attributes (@diagnosis.failure.tool); Loki: in the JSON line (`| json` gives
+    diagnosis_failure_tool), not in structured metadata; Splunk and the file sink: the event as is."""
+    from exporter.transform import events as run_events
+    from exporter.transform.diagnosis import diagnose
+    from sinks.datadog_encode import to_log
+    from sinks.loki_encode import Encoder
+
+    run = {"id": "r1", "status": "failed", "has_issues": True, "issue_severity": "medium"}
+    diagnosis = diagnose([call(1, "pdf.extract", TIMEOUT)], "failed")
+    event = run_events.build(run, "t", run_events.EVENT_FINISHED, "2026-05-17T10:00:00.000Z", diagnosis=diagnosis)
+    body = event.to_dict()
+    log = to_log(body, service="duvo", hostname="h")
+    assert log["diagnosis"]["failure"]["tool"] == "pdf.extract"
+    assert log["issues"] == {"flagged": True, "severity": "medium"}
+    encoder = Encoder({"service": "duvo"})
+    line = json.loads(encoder.line(body))
+    assert line["diagnosis"]["failure"]["code"] == "timeout"
+    assert "human" not in line["diagnosis"]  # null-valued keys are left out at any depth
+    assert set(encoder.metadata(body)) == {"run_id", "team_id", "level"}
