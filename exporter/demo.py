@@ -68,6 +68,9 @@ def run_demo(args: argparse.Namespace) -> int:
             truth_at = simulator.world.jobs()
             exporter.store.make_all_open_due()
             exporter.extract(stop)  # also wakes the sink workers
+            # The demo ends here, so no next pass would release what this one held for its
+            # diagnosis: out now (diagnosed while the budget lasts, else `unavailable`).
+            exporter.release_held()
             _wait_drained(exporter, timeout=15.0)
         finally:
             stop.set()

@@ -169,6 +169,13 @@ class Exporter:
         self._wake_sinks()
         return report
 
+    def release_held(self) -> int:
+        """Enqueue every event held for its diagnosis now, without waiting for another pass:
+        diagnosed while this pass's budget lasts, else with ``diagnosis.state: unavailable``."""
+        released = self.extractor.release_held(PassReport(), held_before=float("inf"))
+        self._wake_sinks()
+        return released
+
     def _wake_sinks(self) -> None:
         for event in self.wake.values():
             event.set()
