@@ -215,3 +215,28 @@ def test_every_sink_carries_the_diagnosis_and_the_flags_nested():
     assert line["diagnosis"]["failure"]["code"] == "timeout"
     assert "human" not in line["diagnosis"]  # null-valued keys are left out at any depth
     assert set(encoder.metadata(body)) == {"run_id", "team_id", "level"}
+
+
+def test_the_simulators_generated_logs_show_diagnosis(tmp_path):
+    """What the demo and the benchmark see: failed Jobs end on a tool error that was retried and
+    never recovered, some completed ones retried and recovered, stopped ones say why."""
+    from collections import Counter
+
+    from exporter.simulator import Simulator, SimulatorOptions
+
+    options = SimulatorOptions(jobs_per_second=0.0, backfill=300, requests_per_minute=None, seed=5)
+    with Simulator(options).start() as simulator:
+        config = write_config(tmp_path, simulator.url, extra="diagnose: {completed_sample: 1.0}\n")
+        one_pass(config)
+        got = events(tmp_path)
+        assert set(got) == terminal_ids(simulator)
+    by_status: dict[str, list[dict[str, Any]]] = {}
+    for event in got.values():
+        by_status.setdefault(event["status"], []).append(event["diagnosis"])
+    assert {d["state"] for ds in by_status.values() for d in ds} <= {"complete", "partial"}
+    started_failures = [d for d in by_status["failed"] if d["steps"]["tool_calls"]]
+    assert started_failures and all(d["failure"]["tool"] and d["failure"]["code"] for d in started_failures)
+    assert all(d["recovered"] is False for d in started_failures)
+    assert Counter(d["recovered"] for d in by_status["completed"])[True] > 0
+    assert all(d["failure"] is None for d in by_status["completed"])
+    assert any("reason" in (d["failure"] or {}) for d in by_status["stopped"])
