@@ -539,7 +539,7 @@ class Extractor:
 
             def also_hold(conn: Any) -> None:
                 # The Jobs are recorded as finished in this same transaction: held, never lost or doubled.
-                StateStore.hold_for_diagnosis(conn, team, held)
+                StateStore.hold_for_diagnosis(conn, team, held, now)
                 if also is not None:
                     also(conn)
 

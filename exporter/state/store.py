@@ -733,10 +733,12 @@ class StateStore:
     # ---- diagnosis ---------------------------------------------------------------------------
 
     @staticmethod
-    def hold_for_diagnosis(conn: sqlite3.Connection, team_id: str, held: Sequence[tuple[str, str, str]]) -> None:
+    def hold_for_diagnosis(
+        conn: sqlite3.Connection, team_id: str, held: Sequence[tuple[str, str, str]], now: float
+    ) -> None:
         """Inside the extraction transaction that records the Jobs as finished: their events
-        (run_id, event_id, body) wait here for a diagnosis instead of entering the outbox."""
-        now = time.time()
+        (run_id, event_id, body) wait here for a diagnosis instead of entering the outbox.
+        ``now`` is on the extractor's clock, which decides whether a pass held them."""
         conn.executemany(
             "INSERT OR IGNORE INTO diagnosis_held(run_id, team_id, event_id, body, held_at) VALUES (?, ?, ?, ?, ?)",
             [(run_id, team_id, event_id, body, now) for run_id, event_id, body in held],
