@@ -20,7 +20,7 @@ import structlog
 
 from exporter.config import DiagnoseSettings
 from exporter.logsetup import redact
-from exporter.source.duvo_client import MAX_PAGE_SIZE, DuvoError, DuvoUnavailable
+from exporter.source.duvo_client import MAX_PAGE_SIZE, DuvoAuthError, DuvoError, DuvoUnavailable
 from exporter.transform import diagnosis as diag
 
 log = structlog.get_logger(__name__)
@@ -102,7 +102,7 @@ class Diagnoser:
             head, total = self.source.list_messages(run_id, offset=0, limit=self.page_size, keep_malformed=True)
         except (DuvoError, ValueError) as exc:
             self.unavailable += 1
-            if isinstance(exc, DuvoUnavailable):
+            if isinstance(exc, DuvoUnavailable | DuvoAuthError):
                 # Retries are spent already; more logs now would only stretch the pass. The other
                 # Jobs of this pass go out as unavailable too, without a request.
                 with self._lock:
