@@ -243,6 +243,10 @@ class Config(BaseModel):
         interval = self.schedule.interval_seconds or 300.0
         return max(1, int(self.diagnose.share * self.duvo.requests_per_minute * interval / 60.0))
 
+    def diagnosis_seconds(self) -> float:
+        """Time per pass diagnosis may take once it starts: its share of one schedule interval."""
+        return self.diagnose.share * (self.schedule.interval_seconds or 300.0)
+
     def secrets(self) -> Iterator[str]:
         """Every secret value in the configuration, for log redaction."""
         yield from _secrets(self)

@@ -77,7 +77,11 @@ class Exporter:
             self.diagnoser: Diagnoser | None = None
             if config.diagnose.enabled and hasattr(self.source, "list_messages"):
                 self.diagnoser = Diagnoser(
-                    self.source, config.diagnose, budget=config.diagnosis_budget(), page_size=config.duvo.page_size
+                    self.source,
+                    config.diagnose,
+                    budget=config.diagnosis_budget(),
+                    seconds=config.diagnosis_seconds(),
+                    page_size=config.duvo.page_size,
                 )
                 self.extractor.diagnoser = self.diagnoser
             built = dict(sinks) if sinks is not None else {s.name: build_sink(s) for s in enabled}

@@ -240,3 +240,16 @@ def test_the_simulators_generated_logs_show_diagnosis(tmp_path):
     assert Counter(d["recovered"] for d in by_status["completed"])[True] > 0
     assert all(d["failure"] is None for d in by_status["completed"])
     assert any("reason" in (d["failure"] or {}) for d in by_status["stopped"])
+
+
+def test_once_leaves_nothing_held(sim, tmp_path):
+    """`once` has no next pass to wait for: beyond the budget, out now as unavailable."""
+    from tests.conftest import cli
+
+    failed = [job(sim, "failed", [call(1, "x", TIMEOUT)]) for _ in range(3)]
+    config = write_config(tmp_path, sim.url, extra="diagnose: {max_requests_per_pass: 1}\n")
+    result = cli("once", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    got = events(tmp_path)
+    assert set(got) == set(failed)
+    assert sorted(got[run_id]["diagnosis"]["state"] for run_id in failed) == ["complete", "unavailable", "unavailable"]

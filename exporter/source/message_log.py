@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -41,13 +43,20 @@ class Diagnoser:
         settings: DiagnoseSettings,
         *,
         budget: int | None = None,
+        seconds: float | None = None,
         page_size: int = MAX_PAGE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.settings = settings
         self.page_size = page_size
         # Requests per pass (Config.diagnosis_budget() works it out from the configuration).
         self.budget = budget if budget is not None else (settings.max_requests_per_pass or 0)
+        # Time per pass, from the first log read on (None: unbounded): an API that is slow or
+        # failing (retries, backoff) cannot stretch a pass by more than this; what is left waits.
+        self.seconds = seconds
+        self._clock = clock
+        self._deadline: float | None = None
         self._lock = threading.Lock()
         self._left = self.budget
         self._down = False  # the API failed a messages request this pass: read no more logs until the next
@@ -69,6 +78,7 @@ class Diagnoser:
         with self._lock:
             self._left = self.budget
             self._down = False
+            self._deadline = None
 
     def budget_left(self) -> int:
         with self._lock:
@@ -78,6 +88,12 @@ class Diagnoser:
         with self._lock:
             if self._left <= 0:
                 return False
+            if self.seconds is not None:
+                now = self._clock()
+                if self._deadline is None:
+                    self._deadline = now + self.seconds
+                elif now >= self._deadline:
+                    return False
             self._left -= 1
             self.requests += 1
             return True
