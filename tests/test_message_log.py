@@ -84,3 +84,15 @@ def test_selection():
     picked = sum(diagnoser.selects({"id": f"r{k}", "status": "completed"}) for k in range(1000))
     assert 400 < picked < 600 and _sampled("r1", 0.5) == _sampled("r1", 0.5)
     assert not Diagnoser(Log([]), DiagnoseSettings(), budget=0).selects({"id": "a", "status": "failed"})
+
+
+def test_time_per_pass_is_bounded_from_the_first_log_read():
+    now = [100.0]
+    diagnoser = Diagnoser(Log(log_of(10)), DiagnoseSettings(), budget=50, seconds=5.0, clock=lambda: now[0])
+    assert diagnoser.diagnose(RUN) is not None  # starts the clock
+    now[0] += 4.9
+    assert diagnoser.diagnose(RUN) is not None
+    now[0] += 0.2
+    assert diagnoser.diagnose(RUN) is None  # out of time: held for the next pass
+    diagnoser.new_pass()
+    assert diagnoser.diagnose(RUN) is not None
