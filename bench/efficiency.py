@@ -17,6 +17,10 @@ Compared on the identical workload (same seed, same simulated start):
 - re-checking every open Job on every pass with GET /runs/{id} (no sweep, recheck max_interval
   0s, and the planner forced to GETs): what a careful hand-written poller does;
 - the guide's naive script (scenario 6), which never looks at a Job twice.
+
+Diagnosis (README "Diagnosis": GET /runs/{id}/messages for the failed, interrupted and stopped
+Jobs, on by default) is counted apart: `requests`/`per_100` stay extraction's list pages and
+GETs, and `diagnosis_requests`/`diagnosis_per_100` are the messages requests on top.
 """
 
 from __future__ import annotations
@@ -93,11 +97,14 @@ def _exporter_variant(
                     "sweep_pages": report.sweep_pages,
                     "gets": report.gets,
                     "events": report.events,
+                    "diagnosis": report.diagnosis_requests,
+                    "diagnosed": report.diagnosed,
                 }
             )
         measured = per_pass[warmup:]
         requests = sum(p["pages"] + p["gets"] for p in measured)
         events = sum(p["events"] for p in measured)
+        diagnosis = sum(p["diagnosis"] for p in measured)
         sim_requests = simulator.call("requests")["requests_total"]
         # A last sweep re-checks every open Job, so "lost" counts only what could never arrive.
         exporter.store.make_all_open_due()
@@ -105,6 +112,7 @@ def _exporter_variant(
         truth = simulator.call("terminal_ids")
         rows = exporter.store._conn.execute("SELECT run_id FROM outbox").fetchall()
         exported = [row[0] for row in rows]
+        states = _diagnosis_states(exporter.store)
         exporter.close()
         seen = _first_seen_open(folder / "state.db")
         return {
@@ -114,6 +122,10 @@ def _exporter_variant(
             "gets": sum(p["gets"] for p in measured),
             "exported": events,
             "per_100": 100 * requests / max(1, events),
+            "diagnosis_requests": diagnosis,
+            "diagnosed": sum(p["diagnosed"] for p in measured),
+            "diagnosis_per_100": 100 * diagnosis / max(1, events),
+            "diagnosis_states": states,
             "simulator_requests_total": sim_requests,
             "lost": len(truth - set(exported)),
             "duplicates": len(exported) - len(set(exported)),
@@ -122,6 +134,14 @@ def _exporter_variant(
         }
     finally:
         simulator.close()
+
+
+def _diagnosis_states(store: Any) -> dict[str, int]:
+    """How many exported events carry each diagnosis.state (skipped = not selected)."""
+    counts: dict[str, int] = {}
+    for (state,) in store._conn.execute("SELECT json_extract(body, '$.diagnosis.state') FROM outbox"):
+        counts[str(state)] = counts.get(str(state), 0) + 1
+    return counts
 
 
 def _first_seen_open(path: Any) -> float:
@@ -174,7 +194,9 @@ def run(sizes: Sizes) -> dict[str, Any]:
         v = variants[name]
         log(
             f"  {name}: {v['per_100']:.2f} requests per 100 exported ({v['pages']} pages, {v['gets']} GETs); "
-            f"{v['first_seen_open']:.0%} first seen open; lost {v['lost']}, duplicated {v['duplicates']}"
+            f"{v['first_seen_open']:.0%} first seen open; lost {v['lost']}, duplicated {v['duplicates']}; "
+            f"diagnosis: {v['diagnosis_requests']} messages requests, {v['diagnosis_per_100']:.2f} per 100 exported "
+            f"({v['diagnosis_states']})"
         )
     naive = _naive(start, passes, warmup)
     log(f"  naive script: {naive['per_100']:.2f} requests per 100 delivered; lost {naive['lost']}")

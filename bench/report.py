@@ -383,6 +383,7 @@ def _efficiency(e: dict[str, Any]) -> str:
                 _n(v["exported"]),
                 f"{v['per_100']:.2f}",
                 f"{v['lost']} / {v['duplicates']}",
+                f"{_n(v.get('diagnosis_requests', 0))} ({v.get('diagnosis_per_100', 0.0):.2f})",
                 _verdict(ok),
             ]
         )
@@ -395,6 +396,7 @@ def _efficiency(e: dict[str, Any]) -> str:
             _n(naive["exported"]),
             f"{naive['per_100']:.2f}",
             f"{naive['lost']} ({naive['lost_share']:.0%}) / {naive['duplicates']}",
+            "-",
             "-",
         ]
     )
@@ -417,11 +419,14 @@ def _efficiency(e: dict[str, Any]) -> str:
                 "Jobs exported",
                 "requests per 100 exported",
                 "lost / duplicated",
+                "diagnosis: messages requests (per 100 exported)",
                 "",
             ],
             rows,
         )
-        + f"\nTarget: <= {e['target']} requests per 100 exported Jobs for the default configuration.\n\n"
+        + f"\nTarget: <= {e['target']} requests per 100 exported Jobs for the default configuration.\n"
+        "Requests per 100 count extraction only; diagnosis (the message logs of failed, interrupted and stopped "
+        "Jobs, README \"Diagnosis\") is the column beside it, spent from its own budget.\n\n"
         + _efficiency_floor(e)
     )
 

@@ -81,6 +81,10 @@ def cmd_once(args: argparse.Namespace) -> int:
         except DuvoError as exc:
             _error(f"pass incomplete, committed pages are kept: {exc}")
             code = exitcodes.DUVO_UNAVAILABLE
+        if not stop.is_set():
+            # No next pass is sure to come: what this one held for its diagnosis goes out now
+            # (read while the diagnosis budget lasts, else `unavailable`).
+            exporter.release_held()
         # Deliver whatever is in the outbox even if extraction failed part-way.
         outcomes = exporter.drain(stop)
         failed = {name: outcome for name, outcome in outcomes.items() if outcome not in ("drained", "interrupted")}

@@ -166,6 +166,28 @@ class ExtractSettings(StrictModel):
         return value
 
 
+DIAGNOSABLE_STATUSES = ("completed", "failed", "stopped", "interrupted")
+
+
+class DiagnoseSettings(StrictModel):
+    """Which finished Jobs get their message log read into the event's ``diagnosis``, and the
+    share of the request budget that may cost (README "Diagnosis")."""
+
+    enabled: bool = True
+    statuses: list[Literal["completed", "failed", "stopped", "interrupted"]] = Field(
+        default_factory=lambda: ["failed", "interrupted", "stopped"]
+    )
+    # Share of completed Jobs diagnosed too (0..1), picked by run_id so a re-export picks the same.
+    completed_sample: float = Field(default=0.0, ge=0.0, le=1.0)
+    # GET /runs/{id}/messages requests per pass, beside extraction's own; Jobs beyond it wait one
+    # pass. Unset: `share` of what duvo.requests_per_minute allows over one schedule interval.
+    max_requests_per_pass: int | None = Field(default=None, ge=0, le=1_000_000)
+    share: float = Field(default=0.2, gt=0, le=1)
+    # Requests per Job: the first page gives `total`; a longer log's tail is read next (from the end).
+    max_pages: int = Field(default=2, ge=1, le=100)
+    error_chars: int = Field(default=500, ge=20, le=10_000)  # a tool error's message is cut to this
+
+
 class ServerSettings(StrictModel):
     """The daemon's HTTP server: /healthz, /readyz, /metrics and /webhooks/duvo. Off unless set."""
 
@@ -258,11 +280,24 @@ class Config(BaseModel):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
+    diagnose: DiagnoseSettings = Field(default_factory=DiagnoseSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     webhooks: WebhookSettings | None = None
     insights: InsightSettings = Field(default_factory=InsightSettings)
     sinks: list[SinkSettings]
     warnings: list[str] = Field(default_factory=list, exclude=True)
+
+    def diagnosis_budget(self) -> int:
+        """Messages requests per pass: diagnose.max_requests_per_pass, else its share of the rate
+        over one schedule interval (5 minutes for a cron schedule)."""
+        if self.diagnose.max_requests_per_pass is not None:
+            return self.diagnose.max_requests_per_pass
+        interval = self.schedule.interval_seconds or 300.0
+        return max(1, int(self.diagnose.share * self.duvo.requests_per_minute * interval / 60.0))
+
+    def diagnosis_seconds(self) -> float:
+        """Time per pass diagnosis may take once it starts: its share of one schedule interval."""
+        return self.diagnose.share * (self.schedule.interval_seconds or 300.0)
 
     def secrets(self) -> Iterator[str]:
         """Every secret value in the configuration, for log redaction."""

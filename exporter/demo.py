@@ -68,6 +68,9 @@ def run_demo(args: argparse.Namespace) -> int:
             truth_at = simulator.world.jobs()
             exporter.store.make_all_open_due()
             exporter.extract(stop)  # also wakes the sink workers
+            # The demo ends here, so no next pass would release what this one held for its
+            # diagnosis: out now (diagnosed while the budget lasts, else `unavailable`).
+            exporter.release_held()
             _wait_drained(exporter, timeout=15.0)
         finally:
             stop.set()
@@ -82,7 +85,8 @@ def _progress(number: int, report: object, exporter: Exporter, output: Path) -> 
     delivered = _count_lines(output)
     _say(
         f"  pass {number:>2}: {getattr(report, 'requests', 0):>3} requests, "
-        f"{getattr(report, 'events', 0):>4} new events; open Jobs tracked {stats['open']:>4}; "
+        f"{getattr(report, 'events', 0):>4} new events, {getattr(report, 'diagnosis_requests', 0):>3} logs read; "
+        f"open Jobs tracked {stats['open']:>4}; "
         f"written to file {delivered:>5}"
     )
 

@@ -16,6 +16,7 @@ from exporter.insights.engine import InsightEngine
 from exporter.observe import NULL_OBSERVER, Observer
 from exporter.source.duvo_client import DuvoClient
 from exporter.source.extraction import DuvoSource, Extractor, PassReport
+from exporter.source.message_log import Diagnoser
 from exporter.source.webhook_queue import WebhookProcessor
 from exporter.state.lock import StateLock
 from exporter.state.pass_record import LAST_PASS_KEY, PassRecord
@@ -85,6 +86,17 @@ class Exporter:
                 max_outbox_events=config.state.max_outbox_events,
                 seen_retention=parse_duration(config.state.seen_retention),
             )
+            # One diagnosis budget for the pass and the webhook thread (README "Diagnosis").
+            self.diagnoser: Diagnoser | None = None
+            if config.diagnose.enabled and hasattr(self.source, "list_messages"):
+                self.diagnoser = Diagnoser(
+                    self.source,
+                    config.diagnose,
+                    budget=config.diagnosis_budget(),
+                    seconds=config.diagnosis_seconds(),
+                    page_size=config.duvo.page_size,
+                )
+                self.extractor.diagnoser = self.diagnoser
             built = dict(sinks) if sinks is not None else {s.name: build_sink(s) for s in enabled}
             self.workers = [
                 SinkWorker(
@@ -121,6 +133,7 @@ class Exporter:
                     webhook_store,
                     config.duvo.team_ids,
                 )
+                self.webhooks.extractor.diagnoser = self.diagnoser
                 self.webhooks.on_exported = self._wake_sinks
         except BaseException:
             self.store.close()
@@ -170,6 +183,8 @@ class Exporter:
             sweep_pages=report.sweep_pages,
             sweeps_incomplete=report.sweeps_incomplete,
             rechecked=report.rechecked,
+            diagnosis_requests=report.diagnosis_requests,
+            held_for_diagnosis=report.held,
             halted=report.halted,
         )
         self._wake_sinks()
@@ -192,6 +207,13 @@ class Exporter:
                 alerts_started=result.started,
                 alerts_cleared=result.cleared,
             )
+
+    def release_held(self) -> int:
+        """Enqueue every event held for its diagnosis now, without waiting for another pass:
+        diagnosed while this pass's budget lasts, else with ``diagnosis.state: unavailable``."""
+        released = self.extractor.release_held(PassReport(), held_before=float("inf"))
+        self._wake_sinks()
+        return released
 
     def _wake_sinks(self) -> None:
         for event in self.wake.values():

@@ -43,13 +43,15 @@ def test_minimal_config_gets_documented_defaults():
 def test_the_example_config_is_valid_and_states_the_defaults():
     from pathlib import Path
 
-    from exporter.config import ExtractSettings, InsightSettings, ServerSettings, WebhookSettings
+    from exporter.config import DiagnoseSettings, ExtractSettings, InsightSettings, ServerSettings, WebhookSettings
 
     text = (Path(__file__).resolve().parent.parent / "config" / "exporter.example.yaml").read_text()
     config = parse_config(text, {"DUVO_API_KEY": "dv_key"})
     assert config.extract == ExtractSettings()
     assert config.server == ServerSettings()
     assert config.insights == InsightSettings()
+    assert config.diagnose == DiagnoseSettings()
+    assert config.diagnosis_budget() == 240  # 0.2 of 240/min over the default 5m interval
     # the commented webhook block, uncommented, is valid too
     block = text[text.index("# webhooks:") : text.index("\nextract:")]
     uncommented = "\n".join(line.removeprefix("# ") if line.startswith("# ") else line for line in block.splitlines())
@@ -57,6 +59,15 @@ def test_the_example_config_is_valid_and_states_the_defaults():
     env = {"DUVO_API_KEY": "dv_key", "DUVO_WEBHOOK_TOKEN": "w" * 16}
     with_hooks = parse_config(text.replace("listen: null", "listen: 'localhost:1'") + uncommented + "\n", env)
     assert with_hooks.webhooks == WebhookSettings(token="w" * 16)
+
+
+def test_diagnose_settings_are_checked():
+    assert problems(BASE + "diagnose:\n  statuses: [failed, waiting]\n  max_pages: 0\n") == [
+        "diagnose.statuses[1]: input should be 'completed', 'failed', 'stopped' or 'interrupted' (got 'waiting')",
+        "diagnose.max_pages: input should be greater than or equal to 1 (got 0)",
+    ]
+    config = parse_config(BASE + "diagnose: {max_requests_per_pass: 7}\nschedule: {every: 1m}\n", {})
+    assert config.diagnosis_budget() == 7
 
 
 def test_a_negative_sweep_is_refused():

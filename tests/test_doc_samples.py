@@ -114,8 +114,23 @@ def _run(status: str, **extra: Any) -> dict[str, Any]:
 
 def _events() -> list[dict[str, Any]]:
     exported = _ago(1)
+    from exporter.transform.diagnosis import diagnose
+
+    # A failed Job as the exporter diagnoses it (README "Diagnosis"): its log ends on a tool error.
+    failing = {
+        "type": "tool_call",
+        "timestamp": _ago(2),
+        "tool_call": {"name": "sheets.append_row", "arguments": {}},
+        "tool_result": {"error": {"code": "rate_limited", "message": "Upstream API returned 429"}},
+    }
     built = [
-        runevents.build(_run(status), "team_42", runevents.EVENT_FINISHED, exported)
+        runevents.build(
+            _run(status, **({"has_issues": True, "issue_severity": "critical"} if status == "failed" else {})),
+            "team_42",
+            runevents.EVENT_FINISHED,
+            exported,
+            diagnosis=diagnose([failing], status) if status == "failed" else None,
+        )
         for status in sorted(runevents.TERMINAL_STATUSES)
     ]
     waiting = _run("waiting", completed_at=None, pending_human_request={"id": "hr_1", "type": "approval"})

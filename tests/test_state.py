@@ -148,7 +148,7 @@ def test_a_version_1_state_is_migrated_in_place_and_keeps_everything(tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"webhook_queue", "backfills", "run_facts", "run_totals", "insight_alerts"} <= tables
+    assert {"webhook_queue", "backfills", "run_facts", "run_totals", "insight_alerts", "diagnosis_held"} <= tables
     conn.close()
 
 

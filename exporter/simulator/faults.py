@@ -28,6 +28,7 @@ class FaultSettings:
     total_jitter: int = 0  # on about half the list pages, `total` is off by up to this much
     burst_429: int = 0  # answer the next N API requests with 429, whatever the rate
     burst_retry_after: int = 1  # Retry-After seconds sent with burst 429s
+    messages_error_status: int = 0  # answer every GET /runs/{id}/messages with this status (0 = off)
 
     def validated(self) -> FaultSettings:
         for name in ("error_rate", "malformed_rate", "reset_rate", "short_pages"):
@@ -42,6 +43,9 @@ class FaultSettings:
         self.slow_seconds = float(self.slow_seconds)
         if self.slow_seconds < 0:
             raise ValueError("slow_seconds must be >= 0")
+        status = self.messages_error_status
+        if isinstance(status, bool) or not isinstance(status, int) or not (status == 0 or 400 <= status <= 599):
+            raise ValueError("messages_error_status must be 0 (off) or an HTTP error status (400-599)")
         if not isinstance(self.error_status, int) or not 400 <= self.error_status <= 599:
             raise ValueError("error_status must be an HTTP error status (400-599)")
         kinds = [self.malformed_kinds] if isinstance(self.malformed_kinds, str) else list(self.malformed_kinds)

@@ -216,6 +216,10 @@ class App:
 
     def _messages(self, run_id: str, teams: frozenset[str] | None, query: dict[str, str]) -> Reply:
         self._visible_run(run_id, teams)
+        failing = self.faults.settings.messages_error_status
+        if failing:
+            retry = (("Retry-After", "0"),) if failing == 429 else ()
+            raise ApiError(failing, _ERROR_CODES.get(failing, "error"), "simulated messages failure", retry)
         limit, offset = self._limit_offset(query)
         found = self.world.messages(run_id, limit=limit, offset=offset)
         if found is None:  # deleted in between
@@ -294,6 +298,9 @@ class App:
                     raise ValueError("status is required")
                 job = self.world.set_status(run_id, payload["status"], payload.get("pending_human_request"))
                 return _json(200, job)
+            case ("POST", "jobs", run_id, "messages"):
+                payload = _json_body(body)
+                return _json(200, {"total": self.world.set_messages(run_id, payload.get("messages"))})
             case ("DELETE", "jobs", run_id):
                 if not self.world.delete(run_id):
                     raise KeyError(run_id)

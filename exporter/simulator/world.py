@@ -268,6 +268,8 @@ class World:
         self._team_list: list[_Team] = []
         self._overrides: dict[int, _Override] = {}
         self._extras: dict[int, dict[str, Any]] = {}
+        # Message logs set by hand (tests, /_sim/jobs/{id}/messages): served instead of the generated one.
+        self._scripted: dict[int, list[Any]] = {}
         self._foreign: dict[int, tuple[int, int]] = {}  # caller-chosen ids -> (team index, created)
         # Jobs started with a webhook_url: id -> [url, status code last announced]. The sender
         # (simulator/webhooks.py) asks for changes; statuses are derived, so it polls.
@@ -574,7 +576,8 @@ class World:
                 return None
             team, i = found
             timeline, u = self._timeline(team, i), team.uid(i)
-        log = build_log(u, self._seed, timeline, now)
+            scripted = self._scripted.get(u)
+        log = list(scripted) if scripted is not None else build_log(u, self._seed, timeline, now)
         return log[offset : offset + limit], len(log)
 
     def start_run(self, team_id: str, agent_id: str, webhook_url: str | None = None) -> dict[str, Any]:
@@ -620,6 +623,9 @@ class World:
         code = status_code(status)
         custom_id = fields.pop("id", None)
         webhook_url = fields.pop("webhook_url", None)
+        messages = fields.pop("messages", None)
+        if messages is not None and not isinstance(messages, list):
+            raise ValueError("messages must be a list")
         severity_name = fields.pop("issue_severity", None)
         if severity_name is not None and severity_name not in _SEVERITY_CODE:
             raise ValueError(f"issue_severity must be one of {SEVERITIES}")
@@ -656,6 +662,8 @@ class World:
             row = (created, u >> 64, u & _LOW64, agent, style, _OVERRIDDEN | _EXTRA, *(NEVER,) * 5, 0, 0)
             if webhook_url is not None:
                 self._webhooks[u] = [webhook_url, code]
+            if messages is not None:
+                self._scripted[u] = list(messages)
             return self._render(team, team.insert(row), now)
 
     def set_status(
@@ -693,6 +701,18 @@ class World:
                 override.phr = None
             override.status = code
             return self._render(team, i, now)
+
+    def set_messages(self, run_id: str, messages: list[Any]) -> int:
+        """Serve ``messages`` (any JSON values, malformed ones included) as the Job's log from now
+        on, paged like the generated one. KeyError if the Job is unknown. Returns their number."""
+        if not isinstance(messages, list):
+            raise ValueError("messages must be a list")
+        with self._lock:
+            found = self._locate(run_id)
+            if found is None:
+                raise KeyError(run_id)
+            self._scripted[found[0].uid(found[1])] = list(messages)
+            return len(messages)
 
     def _freeze(self, team: _Team, i: int, u: int, now: int) -> _Override:
         """Turn a generated Job into an overridden one, keeping what it has shown so far."""
@@ -745,6 +765,7 @@ class World:
             team.remove(i)
             self._overrides.pop(u, None)
             self._extras.pop(u, None)
+            self._scripted.pop(u, None)
             self._foreign.pop(u, None)
             return True
 

@@ -277,15 +277,17 @@ class DuvoClient:
         return run
 
     def list_messages(
-        self, run_id: str, *, offset: int = 0, limit: int = 100
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        """One page of a Job's step log (chronological) and the total, if the server gave a usable one."""
+        self, run_id: str, *, offset: int = 0, limit: int = 100, keep_malformed: bool = False
+    ) -> tuple[list[Any], int | None]:
+        """One page of a Job's step log (chronological) and the total, if the server gave a usable one.
+        Messages that are not objects are dropped (logged), unless ``keep_malformed``: the diagnosis
+        reads them, so that step indices stay those of the log."""
         _check_page(offset, limit)
         path = f"/runs/{_segment(run_id, 'run_id')}/messages"
         body = self._get(path, {"limit": str(limit), "offset": str(offset)}, _messages_shape, "/runs/{run_id}/messages")
-        messages: list[dict[str, Any]] = []
+        messages: list[Any] = []
         for index, message in enumerate(body["messages"]):
-            if isinstance(message, dict):
+            if isinstance(message, dict) or keep_malformed:
                 messages.append(message)
             else:
                 self.stats._add(dropped_rows=1)

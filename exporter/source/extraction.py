@@ -35,8 +35,10 @@ from exporter import jsoncodec
 from exporter.config import ExtractSettings, start_moment
 from exporter.insights.facts import fact_from_event
 from exporter.source.duvo_client import DuvoError
+from exporter.source.message_log import Diagnoser
 from exporter.source.sweep import SweepPlan, page_allowance, plan_sweep
 from exporter.state.store import KnownRun, RunFact, RunUpdate, StateStore
+from exporter.transform import diagnosis as run_diagnosis
 from exporter.transform import events as run_events
 from transport import timestamps
 from transport.durations import parse_duration
@@ -78,6 +80,9 @@ class PassReport:
     rechecked: int = 0
     gone: int = 0
     step_backs: int = 0
+    diagnosis_requests: int = 0  # GET /runs/{id}/messages, from diagnose.max_requests_per_pass
+    diagnosed: int = 0  # held events released with a diagnosis read this pass
+    held: int = 0  # finished Jobs whose event waits for the next pass's diagnosis budget
     halted: str | None = None  # why the pass stopped early: stop, budget, outbox_full
     teams: dict[str, str | None] = field(default_factory=dict)  # team -> checkpoint after the pass
 
@@ -131,6 +136,9 @@ class Extractor:
         # With webhooks flowing, the age schedule waits at least this long (seconds; 0 = no floor).
         self.recheck_floor: Callable[[], float] = lambda: 0.0
         self.commit_rows = COMMIT_ROWS  # rows read per commit during a listing (a backfill commits per page)
+        # Reads the message logs of the finished Jobs it selects (shared with the webhook thread's
+        # Extractor); None: no diagnosis (backfills), every event says "skipped".
+        self.diagnoser: Diagnoser | None = None
 
     # ---- a pass ------------------------------------------------------------------------------
 
@@ -140,9 +148,18 @@ class Extractor:
         report = PassReport()
         self._stop = stop
         self._budget = self.settings.max_requests_per_pass
+        started = self.clock()
+        if self.diagnoser is not None:
+            self.diagnoser.new_pass()
         try:
-            for team in self.teams:
-                self._pass_team(team, report)
+            try:
+                for team in self.teams:
+                    self._pass_team(team, report)
+            finally:
+                # Extraction first, then the logs of the Jobs it held, from diagnosis' own budget:
+                # also after an error or a halt, so that a held Job never waits more than a pass.
+                if self.diagnoser is not None and not (stop is not None and stop.is_set()):
+                    self.release_held(report, held_before=started)
         except Halt as halt:
             report.halted = halt.reason
             if halt.reason == "outbox_full":
@@ -430,7 +447,54 @@ class Extractor:
         if known is not None:
             run.setdefault("created_at", known.created_at)
         self._commit_rows(team, [run], report, checkpoint=None, also=also)
+        if self.diagnoser is not None:
+            self.release_held(report, only=[str(run["id"])])  # stays held if the budget is spent
         return report.events
+
+    # ---- diagnosis: events held for their message log --------------------------------------
+
+    def _holds(self, run: dict[str, Any], terminal: bool) -> bool:
+        return terminal and self.diagnoser is not None and self.diagnoser.selects(run)
+
+    def release_held(
+        self, report: PassReport, *, held_before: float | None = None, only: Sequence[str] | None = None
+    ) -> int:
+        """Diagnose held events (oldest first) and enqueue them. One the budget has no request left
+        for stays held, unless it was held before ``held_before`` (an earlier pass): that one goes
+        out now with ``diagnosis.state: unavailable``, so no event waits more than one pass."""
+        diagnoser = self.diagnoser
+        if diagnoser is None:
+            return 0
+        released = 0
+        batch: list[tuple[str, str, str]] = []
+        before = diagnoser.requests
+        for item in self.store.held_for_diagnosis(only):
+            try:
+                event = jsoncodec.loads(item.body)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):  # cannot happen for a body we wrote; never lose the Job
+                batch.append((item.run_id, item.event_id, item.body))
+                continue
+            run = event.get("run") if isinstance(event.get("run"), dict) else {"id": item.run_id}
+            found = diagnoser.diagnose(run)
+            if found is None:
+                if held_before is None or item.held_at >= held_before:
+                    report.held += 1
+                    continue
+                found = run_diagnosis.unavailable("the diagnosis budget of two passes was spent", run)
+            else:
+                report.diagnosed += 1
+            event["diagnosis"] = found
+            batch.append((item.run_id, item.event_id, jsoncodec.dumps(event)))
+            if len(batch) >= 50:
+                released += self.store.release_held(batch)
+                batch = []
+        if batch:
+            released += self.store.release_held(batch)
+        report.diagnosis_requests += diagnoser.requests - before
+        report.events += released
+        return released
 
     # ---- turning rows into state and events --------------------------------------------------
 
@@ -465,19 +529,35 @@ class Extractor:
         updates: list[RunUpdate] = []
         events: list[tuple[str, str, str]] = []
         facts: list[RunFact] = []
+        held: list[tuple[str, str, str]] = []
         for row in rows:
             update, event, fact = self._classify(team, row, known.get(str(row["id"])), now, exported_at)
             if update is not None:
                 updates.append(update)
             if event is not None:
-                events.append(event)
+                (held if update is not None and self._holds(row, update.terminal) else events).append(event)
             if fact is not None:
                 facts.append(fact)
         report.runs_seen += len(rows)
+        if held:
+
+            def also_hold(conn: Any) -> None:
+                # The Jobs are recorded as finished in this same transaction: held, never lost or doubled.
+                StateStore.hold_for_diagnosis(conn, team, held, now)
+                if also is not None:
+                    also(conn)
+
         # Every terminal event of a pass or a webhook passes here: its fact for the insights goes
-        # into the same transaction as the event.
+        # into the same transaction as the event (a held Job's `recovered` is set on its release).
         report.events += self.store.commit_extraction(
-            team, updates, events, checkpoint, gone=gone, checked_at=now, also=also, facts=facts
+            team,
+            updates,
+            events,
+            checkpoint,
+            gone=gone,
+            checked_at=now,
+            also=also_hold if held else also,
+            facts=facts,
         )
 
     def _classify(
@@ -510,7 +590,12 @@ class Extractor:
         body: tuple[str, str, str] | None = None
         fact: RunFact | None = None
         if event_name is not None and event_id is not None:
-            event = run_events.build(run, team, event_name, exported_at, event_id=event_id, created_at=source_created)
+            # A Job held for its log gets its diagnosis when released (release_held); the others
+            # say why there is none, and a waiting one what it waits on (from the record).
+            diagnosis = None if self._holds(run, terminal) else run_diagnosis.skipped(run)
+            event = run_events.build(
+                run, team, event_name, exported_at, event_id=event_id, created_at=source_created, diagnosis=diagnosis
+            )
             fields = event.to_dict()
             body = (run_id, event_id, jsoncodec.dumps(fields))
             if terminal:

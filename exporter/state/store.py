@@ -147,6 +147,13 @@ CREATE TABLE IF NOT EXISTS insight_alerts (
     threshold REAL NOT NULL,
     PRIMARY KEY (kind, team_id, agent_id, win)
 );
+CREATE TABLE IF NOT EXISTS diagnosis_held (
+    run_id   TEXT PRIMARY KEY,   -- a finished Job whose event waits (at most one pass) for its diagnosis
+    team_id  TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    body     TEXT NOT NULL,      -- the event without its diagnosis
+    held_at  REAL NOT NULL
+);
 """
 
 _SCHEMA = _TABLES_V1 + _TABLES_V2 + _TABLES_V3
@@ -941,6 +948,66 @@ class StateStore:
             conn.execute("DELETE FROM run_facts WHERE completed_at < ?", (prune_before,))
             conn.execute("DELETE FROM insight_summaries WHERE last_end < ?", (prune_before,))
         return len(events)
+
+    # ---- diagnosis ---------------------------------------------------------------------------
+
+    @staticmethod
+    def hold_for_diagnosis(
+        conn: sqlite3.Connection, team_id: str, held: Sequence[tuple[str, str, str]], now: float
+    ) -> None:
+        """Inside the extraction transaction that records the Jobs as finished: their events
+        (run_id, event_id, body) wait here for a diagnosis instead of entering the outbox.
+        ``now`` is on the extractor's clock, which decides whether a pass held them."""
+        conn.executemany(
+            "INSERT OR IGNORE INTO diagnosis_held(run_id, team_id, event_id, body, held_at) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, team_id, event_id, body, now) for run_id, event_id, body in held],
+        )
+
+    def held_for_diagnosis(self, run_ids: Sequence[str] | None = None, limit: int = 100_000) -> list[HeldEvent]:
+        """Held events, oldest first (only those of ``run_ids`` if given)."""
+        if run_ids is not None:
+            marks = ",".join("?" * len(run_ids)) or "NULL"
+            rows = self._conn.execute(
+                f"SELECT run_id, team_id, event_id, body, held_at FROM diagnosis_held WHERE run_id IN ({marks}) "
+                "ORDER BY held_at, run_id",
+                list(run_ids),
+            )
+        else:
+            rows = self._conn.execute(
+                "SELECT run_id, team_id, event_id, body, held_at FROM diagnosis_held ORDER BY held_at, run_id LIMIT ?",
+                (limit,),
+            )
+        return [HeldEvent(*row) for row in rows]
+
+    def release_held(self, events: Sequence[tuple[str, str, str]]) -> int:
+        """Enqueue held events (run_id, event_id, body with its diagnosis) and forget them, atomically.
+        An event already released (by another thread) is not enqueued twice."""
+        now = time.time()
+        released = 0
+        with self.transaction() as conn:
+            for run_id, event_id, body in events:
+                if conn.execute("DELETE FROM diagnosis_held WHERE run_id = ?", (run_id,)).rowcount:
+                    conn.execute(
+                        "INSERT INTO outbox(run_id, event_id, body, enqueued_at) VALUES (?, ?, ?, ?)",
+                        (run_id, event_id, body, now),
+                    )
+                    released += 1
+                    # Its fact was recorded when it was held, before the log said it had recovered.
+                    if (json.loads(body).get("diagnosis") or {}).get("recovered") is True:
+                        conn.execute("UPDATE run_facts SET recovered = 1 WHERE run_id = ?", (run_id,))
+        return released
+
+    def held_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM diagnosis_held").fetchone()[0]
+
+
+@dataclass(frozen=True)
+class HeldEvent:
+    run_id: str
+    team_id: str
+    event_id: str
+    body: str  # the event without its diagnosis
+    held_at: float
 
 
 @dataclass(frozen=True)

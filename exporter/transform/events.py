@@ -37,6 +37,10 @@ class RunEvent:
     pending_human_request: Any
     run: dict[str, Any]  # the untouched source record
     exported_at: str
+    # What the message log says about the Job (exporter/transform/diagnosis.py); {"state": "skipped"}
+    # when not read. Extraction fills it in for the Jobs it diagnoses.
+    diagnosis: dict[str, Any] | None = None
+    issues: dict[str, Any] | None = None  # Duvo's quality flags: {flagged, severity}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,7 +57,23 @@ class RunEvent:
             "pending_human_request": self.pending_human_request,
             "run": self.run,
             "exported_at": self.exported_at,
+            "diagnosis": self.diagnosis if self.diagnosis is not None else {"state": "skipped"},
+            "issues": self.issues if self.issues is not None else issues_of(self.run),
         }
+
+
+ISSUE_SEVERITIES = ("low", "medium", "critical")
+
+
+def issues_of(run: dict[str, Any]) -> dict[str, Any]:
+    """``{flagged, severity}`` from the record's ``has_issues`` / ``issue_severity`` (the fields the
+    list filters of the same names select on); null where the record does not say."""
+    flagged = run.get("has_issues")
+    severity = run.get("issue_severity")
+    severity = severity if isinstance(severity, str) and severity else None
+    if not isinstance(flagged, bool):
+        flagged = True if severity is not None else None
+    return {"flagged": flagged, "severity": severity if flagged is not False else None}
 
 
 def duration_seconds(started_at: datetime | None, completed_at: datetime | None) -> float | None:
@@ -69,6 +89,7 @@ def build(
     exported_at: str | datetime,
     event_id: str | None = None,
     created_at: str | None = None,
+    diagnosis: dict[str, Any] | None = None,
 ) -> RunEvent:
     """Extraction passes ``exported_at`` and ``created_at`` already normalized (formatted once per
     page and per row: this is the hot path); other callers may pass a datetime."""
@@ -93,4 +114,6 @@ def build(
         pending_human_request=run.get("pending_human_request"),
         run=run,
         exported_at=exported_at,
+        diagnosis=diagnosis,
+        issues=issues_of(run),
     )
