@@ -137,7 +137,37 @@ def _events() -> list[dict[str, Any]]:
     built.append(
         runevents.build(waiting, "team_42", runevents.EVENT_WAITING, exported, event_id="run_waiting:waiting:hr_1")
     )
-    return [event.to_dict() for event in built]
+    # A completed Job that succeeded after a retried tool error (README "The guide's questions").
+    retried = {**failing, "timestamp": _ago(3)}
+    succeeded = {**failing, "timestamp": _ago(2), "tool_result": {"ok": True}}
+    built.append(
+        runevents.build(
+            _run("completed", id="run_recovered"),
+            "team_42",
+            runevents.EVENT_FINISHED,
+            exported,
+            diagnosis=diagnose([retried, succeeded], "completed"),
+        )
+    )
+    return [event.to_dict() for event in built] + _insight_events()
+
+
+def _insight_events() -> list[dict[str, Any]]:
+    """A run.summary and an alert.started as the insights build them (README "Insights")."""
+    from collections import Counter
+
+    from exporter.insights.aggregates import Aggregate
+    from exporter.insights.alerts import FAILURE_RATE, Transition
+    from exporter.insights.summary import alert_event, summary_event
+    from exporter.state.store import AlertEpisode
+
+    now = _NOW.timestamp()
+    agg = Aggregate("team_42", "agent_7", statuses=Counter(completed=18, failed=4), durations=[60.0] * 22)
+    episode = AlertEpisode(FAILURE_RATE, "team_42", "agent_7", "1h", now - 60, 4 / 22, 0.1)
+    return [
+        summary_event(agg, "1h", now - 3600, now, now),
+        alert_event(Transition(episode, started=True, examples=("run_failed",)), now),
+    ]
 
 
 def _paths(value: Any, separator: str, prefix: str = "") -> Iterator[str]:
@@ -370,7 +400,7 @@ def test_a_documented_query_names_only_fields_the_sinks_produce(sample: Sample, 
         ("spl", 'index=main sourcetype="duvo:run" job_status=failed', "job_status"),
         ("spl", 'index=main sourcetype="duvo:run" duration_seconds::1', "duration_seconds"),
         ("spl", 'index=main sourcetype="duvo:run" | stats count by agent_id | table agent_id status', "status"),
-        ("spl", 'index=main sourcetype="duvo:run" | eval rate=failed/total', "failed"),
+        ("spl", 'index=main sourcetype="duvo:run" | eval rate=broken/total', "broken"),
         ("spl", 'index=main sourcetype="duvo:run" | stats count as total by agent_id | sort - rate', "rate"),
         ("spl", 'index=main sourcetype="duvo:run" | timechart count', "timechart"),
         ("datadog", "source:duvo @job_state:failed", "job_state"),
