@@ -91,7 +91,8 @@ def test_429_retry_after_is_respected(sim, tmp_path):
 def test_5xx_timeouts_and_malformed_bodies_are_survived(sim, tmp_path):
     populate(sim, 200)
     sim_faults(sim, error_rate=0.25, malformed_rate=0.1, reset_rate=0.05)
-    config = write_config(tmp_path, sim.url, page_size=20, max_attempts=8)
+    # diagnose.share 0.01: reading logs through the faults takes at most 3 s a pass (README "Diagnosis")
+    config = write_config(tmp_path, sim.url, page_size=20, max_attempts=8, extra="diagnose: {share: 0.01}\n")
     for _ in range(4):
         result = cli("once", "--config", str(config))
         assert result.returncode in (0, 5), result.stderr
