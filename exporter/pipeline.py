@@ -11,7 +11,7 @@ import structlog
 
 from exporter import __version__
 from exporter.config import Config
-from exporter.delivery.worker import SinkWorker
+from exporter.delivery.worker import SinkWorker, drain_workers
 from exporter.insights.engine import InsightEngine
 from exporter.observe import NULL_OBSERVER, Observer
 from exporter.source.duvo_client import DuvoClient
@@ -245,21 +245,7 @@ class Exporter:
 
     def drain(self, stop: threading.Event) -> dict[str, str]:
         """Deliver every sink's backlog in parallel (for `once`); sink name -> outcome."""
-        outcomes: dict[str, str] = {}
-
-        def drain_one(worker: SinkWorker) -> None:
-            try:
-                outcomes[worker.name] = worker.drain(stop)
-            except Exception as exc:
-                log.exception("delivery failed unexpectedly", sink=worker.name, error=str(exc))
-                outcomes[worker.name] = "backlog"
-
-        threads = [threading.Thread(target=drain_one, args=(w,), name=f"sink-{w.name}") for w in self.workers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return outcomes
+        return drain_workers(self.workers, stop)
 
     def start_workers(self, stop: threading.Event) -> None:
         for worker in self.workers:

@@ -24,7 +24,8 @@ import structlog
 
 from exporter import exitcodes
 from exporter.config import Config
-from exporter.source.backfill import BackfillPlan, Progress, delivery_code, drain_workers, list_windows
+from exporter.delivery.worker import drain_workers
+from exporter.source.backfill import BackfillPlan, Progress, delivery_code, list_windows
 from transport import timestamps
 
 log = structlog.get_logger(__name__)

@@ -313,3 +313,22 @@ def _redacted(result: SendResult) -> SendResult:
         error=redact(result.error) if result.error else None,
         rejected=tuple(Rejection(r.index, redact(r.reason)) for r in result.rejected),
     )
+
+
+def drain_workers(workers: Sequence[SinkWorker], stop: threading.Event) -> dict[str, str]:
+    """Deliver these sinks' backlogs in parallel, as `once` does; sink name -> outcome."""
+    outcomes: dict[str, str] = {}
+
+    def drain_one(worker: SinkWorker) -> None:
+        try:
+            outcomes[worker.name] = worker.drain(stop)
+        except Exception as exc:
+            log.exception("delivery failed unexpectedly", sink=worker.name, error=str(exc))
+            outcomes[worker.name] = "backlog"
+
+    threads = [threading.Thread(target=drain_one, args=(w,), name=f"sink-{w.name}") for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes

@@ -32,7 +32,7 @@ import structlog
 
 from exporter import exitcodes
 from exporter.config import Config
-from exporter.delivery.worker import SinkWorker
+from exporter.delivery.worker import SinkWorker, drain_workers
 from exporter.source.extraction import DuvoSource, Extractor, Halt, PassReport
 from exporter.state.store import Backfill, StateStore
 from exporter.transform import events as run_events
@@ -261,25 +261,6 @@ class Progress:
 
 
 # ---- delivery ------------------------------------------------------------------------------------
-
-
-def drain_workers(workers: Sequence[SinkWorker], stop: threading.Event) -> dict[str, str]:
-    """Deliver these sinks' backlogs in parallel, as `once` does; sink name -> outcome."""
-    outcomes: dict[str, str] = {}
-
-    def drain_one(worker: SinkWorker) -> None:
-        try:
-            outcomes[worker.name] = worker.drain(stop)
-        except Exception as exc:
-            log.exception("delivery failed unexpectedly", sink=worker.name, error=str(exc))
-            outcomes[worker.name] = "backlog"
-
-    threads = [threading.Thread(target=drain_one, args=(w,), name=f"sink-{w.name}") for w in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcomes
 
 
 def delivery_code(
